@@ -190,3 +190,23 @@ class FakeChatModel:
         self.calls.append(list(messages))
         for piece in self.pieces:
             yield piece
+
+
+class FakeTransport:
+    """Records what a connection sent, decoded, and how it was closed."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, object]] = []
+        self.closed_with: tuple[int, str] | None = None
+        self.fail_sends = False
+
+    async def send(self, data: bytes) -> None:
+        if self.fail_sends:
+            raise ConnectionResetError("peer went away")
+        self.sent.append(msgspec.json.decode(data))
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
+
+    def of_type(self, type_: str) -> list[dict[str, object]]:
+        return [frame for frame in self.sent if frame.get("type") == type_]

@@ -1,0 +1,1 @@
+"""The Litestar API: app factory, WebSocket endpoints, health routes. Thin by design."""

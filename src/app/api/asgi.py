@@ -1,0 +1,38 @@
+"""The ASGI application: ``create_app()`` for uvicorn (``--factory``) and the ``app`` CLI."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+
+from app.api import log_redaction
+from app.api.chat_socket import chat_endpoint, feature_endpoint
+from app.cli.plugin import FlowgateCLIPlugin
+from app.api.health import health, ready
+from app.bootstrap import build_container
+from app.infra.settings import Settings, load_settings
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or load_settings()
+    log_redaction.install()
+    logging.getLogger("app").setLevel(settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        container = await build_container(settings)
+        app.state.container = container
+        try:
+            yield
+        finally:
+            await container.aclose()
+
+    return Litestar(
+        route_handlers=[chat_endpoint, feature_endpoint, health, ready],
+        lifespan=[lifespan],
+        plugins=[FlowgateCLIPlugin()],
+        openapi_config=None,
+    )

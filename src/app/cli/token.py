@@ -1,0 +1,29 @@
+"""``app token issue``: print a JWT that this deployment accepts."""
+
+from __future__ import annotations
+
+import click
+
+from app.cli.common import fail
+from app.infra.auth.token_issuer import issue_token
+from app.infra.settings import SettingsError, load_settings
+
+
+@click.group(name="token")
+def token_group() -> None:
+    """Issue tokens."""
+
+
+@token_group.command(name="issue")
+@click.option("--user-id", required=True, help="The user id (the token's sub).")
+@click.option("--name", default=None, help="The user's display name.")
+@click.option("--role", default=None, help="The user's role; 'admin' may debug any flow.")
+@click.option("--ttl", default=3600, show_default=True, type=click.IntRange(min=1), help="Seconds.")
+def issue(user_id: str, name: str | None, role: str | None, ttl: int) -> None:
+    """Print a signed JWT for USER_ID."""
+    try:
+        settings = load_settings()
+        token = issue_token(settings.jwt, user_id=user_id, name=name, role=role, ttl_seconds=ttl)
+    except (SettingsError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    click.echo(token)

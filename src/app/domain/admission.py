@@ -1,0 +1,166 @@
+"""Admission: who may open which flow, version and chat (PROTOCOL.md §2–§3, in order)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Container
+from enum import StrEnum
+
+import msgspec
+
+from app.domain.builds import BuildStatus
+from app.domain.chats import ChatSession
+from app.domain.errors import InvalidToken, StoreUnavailable
+from app.domain.flows import Flow, Graph
+from app.domain.ports import BuildStore, ChatRepository, FlowRepository, TokenVerifier
+from app.domain.rejections import Rejected, Rejection
+from app.domain.users import User
+
+CHAT_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class TokenSource(StrEnum):
+    QUERY = "query"
+    HEADER = "header"
+    COOKIE = "cookie"
+
+
+class AdmissionRequest(msgspec.Struct, frozen=True):
+    flow_id: str
+    feature: str
+    token: str | None
+    token_source: TokenSource | None = None
+    origin: str | None = None
+    chat_id: str | None = None
+    #: The raw ``version_id`` query parameter; admission parses it.
+    version_id: str | None = None
+
+
+class Admission(msgspec.Struct, frozen=True):
+    """What an admitted connection runs: for whom, which flow, which graph, which chat."""
+
+    user: User
+    flow: Flow
+    feature: str
+    graph: Graph
+    chat_id: str | None
+    version_id: int | None
+
+    @property
+    def debug(self) -> bool:
+        """A connection without ``chat_id`` debugs a build and persists nothing."""
+        return self.chat_id is None
+
+
+class AdmissionService:
+    def __init__(
+        self,
+        *,
+        verifier: TokenVerifier,
+        flows: FlowRepository,
+        chats: ChatRepository,
+        builds: BuildStore,
+        features: Container[str],
+        allowed_origins: Container[str],
+        max_connections_per_user: int,
+        open_connections: Callable[[str], int],
+    ) -> None:
+        self._verifier = verifier
+        self._flows = flows
+        self._chats = chats
+        self._builds = builds
+        self._features = features
+        self._allowed_origins = allowed_origins
+        self._max_connections = max_connections_per_user
+        self._open_connections = open_connections
+
+    async def admit(self, request: AdmissionRequest) -> Admission:
+        """The admission, or :class:`Rejected` with the first rule that failed."""
+        try:
+            return await self._admit(request)
+        except StoreUnavailable as exc:
+            raise Rejected(Rejection.SERVICE_UNAVAILABLE, str(exc)) from exc
+
+    async def _admit(self, request: AdmissionRequest) -> Admission:
+        user = await self._authenticate(request)
+        if request.feature not in self._features:
+            raise Rejected(Rejection.UNKNOWN_FEATURE)
+        if request.chat_id is not None and not CHAT_ID_PATTERN.fullmatch(request.chat_id):
+            raise Rejected(Rejection.INVALID_CHAT_ID)
+        version_id = _parse_version_id(request.version_id)
+        flow = await self._flows.get(request.flow_id)
+        if flow is None:
+            raise Rejected(Rejection.FLOW_DELETED)
+        if request.chat_id is not None:
+            graph = await self._admit_chat(user, flow, request.chat_id, version_id)
+        else:
+            graph = await self._admit_debug(user, flow, version_id)
+        if self._open_connections(user.id) >= self._max_connections:
+            raise Rejected(Rejection.TOO_MANY_CONNECTIONS)
+        if request.chat_id is not None:
+            await self._claim_chat(user, flow, request.chat_id)
+        return Admission(
+            user=user,
+            flow=flow,
+            feature=request.feature,
+            graph=graph,
+            chat_id=request.chat_id,
+            version_id=version_id,
+        )
+
+    async def _authenticate(self, request: AdmissionRequest) -> User:
+        if not request.token:
+            raise Rejected(Rejection.UNAUTHORIZED, "no token")
+        try:
+            user = await self._verifier.verify(request.token)
+        except InvalidToken as exc:
+            raise Rejected(Rejection.UNAUTHORIZED, str(exc)) from exc
+        # Cookies ride along on cross-site requests; only trusted pages may use them.
+        if request.token_source is TokenSource.COOKIE and (
+            request.origin is None or request.origin not in self._allowed_origins
+        ):
+            raise Rejected(Rejection.ORIGIN_NOT_ALLOWED)
+        return user
+
+    async def _admit_chat(
+        self, user: User, flow: Flow, chat_id: str, version_id: int | None
+    ) -> Graph:
+        if not flow.is_online:
+            raise Rejected(Rejection.FLOW_NOT_ONLINE)
+        graph = flow.graph
+        if version_id is not None:
+            version = await self._flows.get_version(version_id)
+            if version is None or version.flow_id != flow.id:
+                raise Rejected(Rejection.VERSION_NOT_FOUND)
+            graph = version.graph
+        session = await self._chats.get_session(chat_id)
+        if session is not None and not _owns(session, user, flow):
+            raise Rejected(Rejection.FORBIDDEN)
+        return graph
+
+    async def _claim_chat(self, user: User, flow: Flow, chat_id: str) -> None:
+        # Two first connections may race for a new id: the store lets exactly one win.
+        mine = ChatSession(chat_id=chat_id, flow_id=flow.id, user_id=user.id)
+        if not _owns(await self._chats.claim_session(mine), user, flow):
+            raise Rejected(Rejection.FORBIDDEN)
+
+    async def _admit_debug(self, user: User, flow: Flow, version_id: int | None) -> Graph:
+        if flow.owner_id != user.id and not user.is_admin:
+            raise Rejected(Rejection.FORBIDDEN)
+        record = await self._builds.get(flow.id, version_id)
+        if record is None or record.status != BuildStatus.SUCCESS or record.graph_data is None:
+            raise Rejected(Rejection.BUILD_NOT_PASSED)
+        return record.graph_data
+
+
+def _owns(session: ChatSession, user: User, flow: Flow) -> bool:
+    return session.user_id == user.id and session.flow_id == flow.id
+
+
+def _parse_version_id(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise Rejected(Rejection.VERSION_NOT_FOUND, f"version_id {raw!r} is not an integer") from None

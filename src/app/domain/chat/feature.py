@@ -1,0 +1,242 @@
+"""The ``chat`` feature: runs the flow's graph for each user message (PROTOCOL.md §4–§6)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from app.domain import frames
+from app.domain.chat.hub import ChatHub
+from app.domain.chat.turn import TurnFrames, TurnRunner, TurnSpec
+from app.domain.chats import Category, ChatMessage, MessageStatus
+from app.domain.connection import Connection
+from app.domain.errors import StoreUnavailable
+from app.domain.features.base import Feature
+from app.domain.frames import (
+    ChatRequest,
+    ErrorCode,
+    HistoryFrame,
+    HistoryItem,
+    HistoryRequest,
+    ResumeRequest,
+    StopRequest,
+)
+from app.domain.graph import GraphRuntime
+from app.domain.ports import ChatRepository
+
+logger = logging.getLogger(__name__)
+
+RESUME_LIMIT = 100
+EMPTY_HISTORY = frames.encode(HistoryFrame(messages=[], has_more=False))
+
+
+class ChatFeature(Feature):
+    name = "chat"
+    actions: ClassVar = {
+        None: ChatRequest,
+        "chat": ChatRequest,
+        "stop": StopRequest,
+        "history": HistoryRequest,
+        "resume": ResumeRequest,
+    }
+
+    def __init__(
+        self,
+        *,
+        chats: ChatRepository,
+        runtime: GraphRuntime,
+        history_turns: int,
+        turn_timeout: float,
+    ) -> None:
+        super().__init__()
+        self._chats = chats
+        self._hubs: dict[str, ChatHub] = {}
+        self._turns = TurnRunner(
+            chats=chats,
+            runtime=runtime,
+            history_turns=history_turns,
+            turn_timeout=turn_timeout,
+            on_finished=self._forget_if_idle,
+        )
+
+    # -- connection lifecycle ----------------------------------------------------------------
+
+    async def opened(self, connection: Connection) -> None:
+        key = _hub_key(connection)
+        hub = self._hubs.get(key)
+        if hub is None:
+            hub = self._hubs[key] = ChatHub(key, debug=connection.chat_id is None)
+        hub.connections.add(connection)
+
+    async def closed(self, connection: Connection) -> None:
+        hub = self._hubs.get(_hub_key(connection))
+        if hub is None:
+            return
+        hub.connections.discard(connection)
+        # A debug turn has nobody left to watch it and stores nothing: end it.
+        if not hub.connections and hub.debug_memory is not None and hub.turn is not None:
+            if hub.turn.task is not None:
+                hub.turn.task.cancel()
+        self._forget_if_idle(hub)
+
+    async def aclose(self) -> None:
+        for hub in list(self._hubs.values()):
+            if hub.turn is not None and hub.turn.task is not None:
+                hub.turn.task.cancel()
+
+    def running_turns(self) -> list[asyncio.Task[None]]:
+        return [
+            hub.turn.task
+            for hub in self._hubs.values()
+            if hub.turn is not None and hub.turn.task is not None
+        ]
+
+    def _forget_if_idle(self, hub: ChatHub) -> None:
+        if hub.idle and self._hubs.get(hub.key) is hub:
+            del self._hubs[hub.key]
+
+    # -- frames ------------------------------------------------------------------------------
+
+    async def handle(self, connection: Connection, request: Any) -> None:
+        hub = self._hubs[_hub_key(connection)]
+        if isinstance(request, ChatRequest):
+            await self._chat(connection, hub, request)
+        elif isinstance(request, StopRequest):
+            await self._stop(connection, hub)
+        elif isinstance(request, HistoryRequest):
+            await self._history(connection, request)
+        elif isinstance(request, ResumeRequest):
+            await self._resume(connection, hub, request)
+
+    async def _chat(self, connection: Connection, hub: ChatHub, request: ChatRequest) -> None:
+        if not request.text:
+            await connection.send(
+                frames.error(ErrorCode.INVALID_MESSAGE, "inputs.input must be a non-empty string")
+            )
+            return
+        if self._joins_running_turn(hub, request) or await self._replayed(connection, request):
+            return
+        # Checked again after the awaits above: another connection may have started a turn.
+        if self._joins_running_turn(hub, request):
+            return
+        if hub.turn is not None:
+            await connection.send(frames.error(ErrorCode.BUSY, "a turn is already running"))
+            return
+        admission = connection.admission
+        self._turns.start(
+            hub,
+            TurnSpec(
+                flow_id=admission.flow.id,
+                chat_id=admission.chat_id,
+                user_id=connection.user.id,
+                graph=admission.graph,
+                text=request.text,
+                inputs=request.inputs,
+                client_msg_id=request.client_msg_id,
+            ),
+        )
+
+    def _joins_running_turn(self, hub: ChatHub, request: ChatRequest) -> bool:
+        """A retried message of the running turn: its connection already gets the frames."""
+        turn = hub.turn
+        return (
+            turn is not None
+            and request.client_msg_id is not None
+            and turn.spec.client_msg_id == request.client_msg_id
+        )
+
+    async def _replayed(self, connection: Connection, request: ChatRequest) -> bool:
+        """Send a stored turn again if this client message id already started one."""
+        chat_id = connection.chat_id
+        if chat_id is None or request.client_msg_id is None:
+            return False
+        try:
+            stored = await self._chats.messages_of_turn(chat_id, request.client_msg_id)
+        except StoreUnavailable as exc:
+            logger.error("chat %s: turn lookup failed: %s", chat_id, exc)
+            await connection.send(frames.error(ErrorCode.TURN_FAILED, "service unavailable"))
+            return True
+        question = next((m for m in stored if m.category == Category.QUESTION), None)
+        if question is None:
+            return False
+        answer = next((m for m in stored if m.category == Category.ANSWER), None)
+        for data in _replay(connection, question, answer):
+            await connection.send(data)
+        return True
+
+    async def _stop(self, connection: Connection, hub: ChatHub) -> None:
+        if hub.turn is None:
+            await connection.send(frames.error(ErrorCode.NOT_RUNNING, "no turn is running"))
+            return
+        hub.turn.stop()
+
+    async def _history(self, connection: Connection, request: HistoryRequest) -> None:
+        if connection.chat_id is None:
+            await connection.send(EMPTY_HISTORY)
+            return
+        try:
+            found = await self._chats.history(
+                connection.chat_id, request.before_id, request.limit + 1
+            )
+        except StoreUnavailable:
+            await connection.send(frames.error(ErrorCode.TURN_FAILED, "service unavailable"))
+            return
+        await connection.send(_history_frame(found, request.limit))
+
+    async def _resume(self, connection: Connection, hub: ChatHub, request: ResumeRequest) -> None:
+        if connection.chat_id is None:
+            await connection.send(EMPTY_HISTORY)
+            return
+        try:
+            found = await self._chats.after(connection.chat_id, request.after_id, RESUME_LIMIT + 1)
+        except StoreUnavailable:
+            await connection.send(frames.error(ErrorCode.TURN_FAILED, "service unavailable"))
+            return
+        await connection.send(_history_frame(found, RESUME_LIMIT))
+        turn = hub.turn
+        if turn is not None and turn.question_id is not None:
+            # The live turn so far, as one piece; its remaining frames follow as they come.
+            await connection.send(turn.begin_frame())
+            await connection.send(turn.frame("start", ""))
+            if turn.answer:
+                await connection.send(turn.frame("stream", "".join(turn.answer)))
+
+
+def _hub_key(connection: Connection) -> str:
+    chat_id = connection.chat_id
+    return f"chat:{chat_id}" if chat_id is not None else f"debug:{connection.id}"
+
+
+def _history_frame(messages: Sequence[ChatMessage], limit: int) -> bytes:
+    items = [
+        HistoryItem(
+            message_id=m.id,
+            is_bot=m.is_bot,
+            category=m.category,
+            message=m.message,
+            status=m.status,
+            created_at=m.created_at,
+        )
+        for m in messages[:limit]
+    ]
+    return frames.encode(HistoryFrame(messages=items, has_more=len(messages) > limit))
+
+
+def _replay(
+    connection: Connection, question: ChatMessage, answer: ChatMessage | None
+) -> list[bytes]:
+    """A stored turn, again: ``begin``, ``end`` and ``close`` with its own ids and text."""
+    turn = TurnFrames(
+        flow_id=connection.admission.flow.id,
+        chat_id=connection.chat_id,
+        user_id=question.user_id,
+        turn_id=question.turn_id,
+    )
+    # No stored answer means the turn's process died before the turn ended.
+    if answer is None:
+        end = turn.frame("end", "", status=MessageStatus.FAILED)
+    else:
+        end = turn.frame("end", answer.message, message_id=answer.id, status=answer.status)
+    return [turn.begin(question.message, question.id), end, turn.frame("close", "")]

@@ -1,0 +1,76 @@
+"""The feature contract and the registry of named features.
+
+A feature declares the request type of each action it serves (msgspec Structs; ``None`` is the
+frame without an ``action``) and a handler. Decoders are built once, when the feature is made.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
+
+import msgspec
+
+from app.domain.connection import Connection
+
+
+class FeatureError(msgspec.Struct):
+    """The seed's reply to a request a feature cannot serve: ``{"error": "..."}``."""
+
+    error: str
+
+
+class UnknownAction(Exception):
+    pass
+
+
+class Feature(ABC):
+    name: ClassVar[str]
+    #: The request type of each action; the key ``None`` serves frames without an ``action``.
+    actions: ClassVar[Mapping[str | None, type[msgspec.Struct]]]
+
+    def __init__(self) -> None:
+        self._decoders = {
+            action: msgspec.json.Decoder(request_type)
+            for action, request_type in self.actions.items()
+        }
+
+    def decode(self, action: str | None, raw: bytes | str) -> Any:
+        """The request, or :class:`UnknownAction`, or :class:`msgspec.ValidationError`."""
+        decoder = self._decoders.get(action)
+        if decoder is None:
+            raise UnknownAction(action)
+        return decoder.decode(raw)
+
+    @abstractmethod
+    async def handle(self, connection: Connection, request: Any) -> None:
+        """Serve one decoded request; reply through ``connection.send``."""
+
+    async def opened(self, connection: Connection) -> None:
+        """Called once the connection is admitted, before its first frame."""
+
+    async def closed(self, connection: Connection) -> None:
+        """Called once when the connection has gone, whatever the reason."""
+
+    async def aclose(self) -> None:
+        """Called on shutdown, after every connection has closed."""
+
+
+class FeatureRegistry:
+    def __init__(self) -> None:
+        self._features: dict[str, Feature] = {}
+
+    def register(self, feature: Feature) -> None:
+        if feature.name in self._features:
+            raise ValueError(f"feature {feature.name!r} is registered twice")
+        self._features[feature.name] = feature
+
+    def get(self, name: str) -> Feature | None:
+        return self._features.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._features
+
+    def __iter__(self) -> Iterator[Feature]:
+        return iter(self._features.values())
