@@ -6,11 +6,13 @@ Nothing else constructs adapters. The API's lifespan, the CLI and the tests all 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
+from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 
 from app.domain.admission import AdmissionService
 from app.domain.catalog import FlowCatalog
@@ -39,6 +41,7 @@ from app.infra.redis.client import make_redis
 from app.infra.settings import Settings
 from app.infra.sql.build_store import SqlBuildStore
 from app.infra.sql.config import make_sqlalchemy_config
+from app.infra.sql.health import ping_database
 from app.infra.sql.repositories import SqlChatRepository, SqlFlowRepository
 from app.infra.translate.libretranslate import LibreTranslateTranslator
 from app.infra.translate.llm import ChatModelTranslator
@@ -72,7 +75,7 @@ class Container:
                 async with asyncio.timeout(2):
                     await check()
                 results[name] = True
-            except (StoreUnavailable, TimeoutError, OSError) as exc:
+            except Exception as exc:  # whatever the driver raises, the store is not ready
                 logger.warning("readiness: %s does not answer: %s", name, exc)
                 results[name] = False
         return results
@@ -87,19 +90,22 @@ class Container:
                 logger.exception("closing an adapter failed")
 
 
-async def build_container(settings: Settings) -> Container:
+async def build_container(
+    settings: Settings, sql: SQLAlchemyAsyncConfig | None = None
+) -> Container:
     closers: list[Callable[[], Awaitable[object]]] = []
     checks: dict[str, Callable[[], Awaitable[object]]] = {}
     http = httpx.AsyncClient(timeout=httpx.Timeout(settings.llm.timeout, connect=5.0))
     closers.append(http.aclose)
 
-    sql = make_sqlalchemy_config(settings.database_url)
+    sql = sql or make_sqlalchemy_config(settings.database_url)
     engine = sql.get_engine()
     closers.append(engine.dispose)
-    sql_flows = SqlFlowRepository(sql)
-    checks["database"] = sql_flows.ping
+    sessions = sql.create_session_maker()
+    sql_flows = SqlFlowRepository(sessions)
+    checks["database"] = functools.partial(ping_database, engine)
     flows = CachedFlowRepository(sql_flows, ttl=settings.flow_cache_ttl)
-    chats = SqlChatRepository(sql)
+    chats = SqlChatRepository(sessions)
 
     builds: BuildStore
     if settings.redis_url:
@@ -108,7 +114,7 @@ async def build_container(settings: Settings) -> Container:
         checks["redis"] = redis.ping
         builds = RedisBuildStore(redis, settings.redis_prefix)
     else:
-        builds = SqlBuildStore(sql)
+        builds = SqlBuildStore(sessions)
 
     verifier = JWTVerifier(settings.jwt, http_client=http)
     chat_model = _chat_model(settings, http)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar
 
 from app.api import log_redaction
@@ -14,16 +15,19 @@ from app.cli.plugin import FlowgateCLIPlugin
 from app.api.health import health, ready
 from app.bootstrap import build_container
 from app.infra.settings import Settings, load_settings
+from app.infra.sql.config import make_sqlalchemy_config
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
     log_redaction.install()
     logging.getLogger("app").setLevel(settings.log_level)
+    # One SQL config for the repositories and for the plugin's `app database ...` commands.
+    sql = make_sqlalchemy_config(settings.database_url)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        container = await build_container(settings)
+        container = await build_container(settings, sql)
         app.state.container = container
         try:
             yield
@@ -33,6 +37,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[chat_endpoint, feature_endpoint, health, ready],
         lifespan=[lifespan],
-        plugins=[FlowgateCLIPlugin()],
+        plugins=[SQLAlchemyPlugin(config=sql), FlowgateCLIPlugin()],
         openapi_config=None,
     )
