@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from contextlib import aclosing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,11 +18,13 @@ from app.domain.chat.hub import ChatHub
 from app.domain.chats import Category, ChatMessage, MessageStatus, NewMessage
 from app.domain.errors import DomainError, InvalidGraph, ModelError, StoreUnavailable
 from app.domain.frames import ChatFrame, ErrorCode
-from app.domain.graph import GraphRuntime, TurnInput
+from app.domain.graph import CompiledGraph, GraphRuntime, TurnInput
 from app.domain.llm import ModelMessage
 from app.domain.ports import ChatRepository
 
 logger = logging.getLogger(__name__)
+
+COMPILE_CACHE_SIZE = 256
 
 
 def new_turn_id() -> str:
@@ -39,9 +42,9 @@ class TurnSpec:
         flow_id: str,
         chat_id: str | None,
         user_id: str,
-        graph: dict[str, object],
+        graph: dict[str, Any],
         text: str,
-        inputs: dict[str, object],
+        inputs: dict[str, Any],
         client_msg_id: str | None,
     ) -> None:
         self.flow_id = flow_id
@@ -142,6 +145,7 @@ class TurnRunner:
         self._history_turns = history_turns
         self._turn_timeout = turn_timeout
         self._on_finished = on_finished
+        self._compile_cache: dict[bytes, CompiledGraph] = {}
 
     def start(self, hub: ChatHub, spec: TurnSpec) -> Turn:
         turn = Turn(hub, spec)
@@ -184,10 +188,12 @@ class TurnRunner:
             turn.question_id = await self._store_question(turn)
             await hub.broadcast(turn.begin_frame())
             await hub.broadcast(turn.frame("start", ""))
-            compiled = self._runtime.compile(spec.graph)
+            compiled = self._compiled(spec.graph)
             turn_input = TurnInput(text=spec.text, inputs=spec.inputs, history=history)
-            async with asyncio.timeout(self._turn_timeout):
-                async for piece in self._runtime.run(compiled, turn_input):
+            async with asyncio.timeout(self._turn_timeout), aclosing(
+                self._runtime.run(compiled, turn_input)
+            ) as pieces:
+                async for piece in pieces:
                     turn.answer.append(piece)
                     await hub.broadcast(turn.frame("stream", piece))
         except asyncio.CancelledError:
@@ -208,6 +214,17 @@ class TurnRunner:
             logger.warning("turn %s failed: %s", turn.id, exc)
             return MessageStatus.FAILED, "the turn failed"
         return MessageStatus.COMPLETE, None
+
+    def _compiled(self, graph: dict[str, Any]) -> CompiledGraph:
+        # Chats of one flow share its graph: compile it once, keyed by its content.
+        key = frames.encode(graph)
+        compiled = self._compile_cache.get(key)
+        if compiled is None:
+            compiled = self._runtime.compile(graph)
+            if len(self._compile_cache) >= COMPILE_CACHE_SIZE:
+                self._compile_cache.pop(next(iter(self._compile_cache)))
+            self._compile_cache[key] = compiled
+        return compiled
 
     async def _memory(self, hub: ChatHub, spec: TurnSpec) -> list[ModelMessage]:
         if hub.debug_memory is not None:
