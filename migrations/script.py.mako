@@ -1,0 +1,32 @@
+"""${message}
+
+Revision ID: ${up_revision}
+Revises: ${down_revision | comma,n}
+Create Date: ${create_date}
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from advanced_alchemy.types import ORA_JSONB, DateTimeUTC, JsonB
+from alembic import op
+from sqlalchemy import Text  # noqa: F401  (autogenerate renders JsonB with ``Text()``)
+${imports if imports else ""}
+
+# Autogenerate renders advanced-alchemy's types as ``sa.<Type>``.
+sa.DateTimeUTC = DateTimeUTC
+sa.JsonB = JsonB
+sa.ORA_JSONB = ORA_JSONB
+
+revision: str = ${repr(up_revision)}
+down_revision: str | None = ${repr(down_revision)}
+branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
+depends_on: str | Sequence[str] | None = ${repr(depends_on)}
+
+
+def upgrade() -> None:
+    ${upgrades if upgrades else "pass"}
+
+
+def downgrade() -> None:
+    ${downgrades if downgrades else "pass"}

@@ -1,0 +1,24 @@
+"""The Redis client flowgate's Redis adapters share."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+
+#: Admission waits on Redis: an unreachable server must fail fast, as ``StoreUnavailable``.
+CONNECT_TIMEOUT = 2.0
+COMMAND_TIMEOUT = 5.0
+HEALTH_CHECK_INTERVAL = 30
+
+
+def make_redis(url: str) -> Redis:
+    """A client for ``redis://host:port/db``. Close it with ``await client.aclose()``."""
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=COMMAND_TIMEOUT,
+        health_check_interval=HEALTH_CHECK_INTERVAL,
+        # One quick retry survives a pooled connection the server closed while idle.
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1),
+    )

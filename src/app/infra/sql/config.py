@@ -1,0 +1,87 @@
+"""The SQLAlchemy configuration of flowgate's database, and applying its migrations.
+
+One database URL drives both worlds: ``sqlite+aiosqlite:///var/flowgate.db`` (embedded; the CLI
+and the server share the file) and ``postgresql+asyncpg://...`` (production).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from advanced_alchemy.alembic.commands import AlembicCommands
+from advanced_alchemy.extensions.litestar import (
+    AlembicAsyncConfig,
+    AsyncSessionConfig,
+    EngineConfig,
+    SQLAlchemyAsyncConfig,
+)
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+# Registers the tables on advanced-alchemy's metadata, which the config and env.py use.
+from app.infra.sql import models as _models  # noqa: F401
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[4] / "migrations"
+#: Seconds to wait for a connection (PostgreSQL) or for another process's write lock (SQLite).
+CONNECT_TIMEOUT = 5.0
+SQLITE_BUSY_TIMEOUT = 15.0
+
+
+def make_sqlalchemy_config(database_url: str) -> SQLAlchemyAsyncConfig:
+    """The config for the Litestar plugin (and its ``database`` CLI) and for the repositories."""
+    return SQLAlchemyAsyncConfig(
+        connection_string=database_url,
+        create_engine_callable=_create_engine,
+        engine_config=_engine_config(database_url),
+        # Rows are turned into Structs after commit; expiring them would force a reload.
+        session_config=AsyncSessionConfig(expire_on_commit=False),
+        alembic_config=AlembicAsyncConfig(
+            script_location=str(MIGRATIONS_DIR),
+            # No alembic.ini: the script location above and env.py say everything.
+            script_config="",
+        ),
+    )
+
+
+async def upgrade_database(config: SQLAlchemyAsyncConfig, revision: str = "head") -> None:
+    """Apply the migrations up to ``revision``, like ``app database upgrade`` does.
+
+    Alembic's env.py runs its own event loop, so it runs in a worker thread here.
+    """
+    await asyncio.to_thread(AlembicCommands(sqlalchemy_config=config).upgrade, revision)
+
+
+def _engine_config(database_url: str) -> EngineConfig:
+    if make_url(database_url).get_backend_name() == "sqlite":
+        # sqlite3's ``timeout`` is its busy timeout: wait for the other process's write lock.
+        return EngineConfig(connect_args={"timeout": SQLITE_BUSY_TIMEOUT})
+    return EngineConfig(
+        pool_pre_ping=True,
+        pool_timeout=int(CONNECT_TIMEOUT),
+        # asyncpg's connect timeout; without it a black-holed host blocks for a minute.
+        connect_args={"timeout": CONNECT_TIMEOUT},
+    )
+
+
+def _create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        return create_async_engine(url, **kwargs)
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, **kwargs)
+    event.listen(engine.sync_engine, "connect", _configure_sqlite_connection)
+    return engine
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the server read while the CLI writes (and NORMAL sync is safe under WAL);
+    # SQLite enforces foreign keys, hence ON DELETE CASCADE, only when asked to.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

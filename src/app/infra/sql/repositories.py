@@ -1,0 +1,226 @@
+"""The SQL adapters of :class:`~app.domain.ports.FlowRepository` and
+:class:`~app.domain.ports.ChatRepository`. They return domain Structs, never rows.
+
+Build one from the config's session maker::
+
+    config = make_sqlalchemy_config(settings.database_url)
+    flows = SqlFlowRepository(config.create_session_maker())
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from advanced_alchemy.filters import LimitOffset
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from sqlalchemy import select
+
+from app.domain.chats import Category, ChatMessage, ChatSession, MessageStatus, NewMessage
+from app.domain.errors import NotFound
+from app.domain.flows import Flow, FlowStatus, FlowVersion, Graph
+from app.infra.sql.models import ChatMessageRow, ChatSessionRow, FlowRow, FlowVersionRow
+from app.infra.sql.sessions import SessionMaker, insert_for, unit_of_work
+
+
+class _FlowRows(SQLAlchemyAsyncRepository[FlowRow]):
+    model_type = FlowRow
+
+
+class _FlowVersionRows(SQLAlchemyAsyncRepository[FlowVersionRow]):
+    model_type = FlowVersionRow
+
+
+class _ChatSessionRows(SQLAlchemyAsyncRepository[ChatSessionRow]):
+    model_type = ChatSessionRow
+    id_attribute = "chat_id"
+
+
+class _ChatMessageRows(SQLAlchemyAsyncRepository[ChatMessageRow]):
+    model_type = ChatMessageRow
+
+
+class SqlFlowRepository:
+    def __init__(self, sessions: SessionMaker) -> None:
+        self._sessions = sessions
+
+    async def get(self, flow_id: str) -> Flow | None:
+        async with unit_of_work(self._sessions) as session:
+            row = await _FlowRows(session=session).get_one_or_none(FlowRow.id == flow_id)
+            return None if row is None else _flow(row)
+
+    async def get_version(self, version_id: int) -> FlowVersion | None:
+        async with unit_of_work(self._sessions) as session:
+            row = await _FlowVersionRows(session=session).get_one_or_none(
+                FlowVersionRow.id == version_id
+            )
+            return None if row is None else _version(row)
+
+    async def add(self, name: str, owner_id: str, graph: Graph, status: FlowStatus) -> Flow:
+        row = FlowRow(
+            id=uuid.uuid4().hex, name=name, owner_id=owner_id, status=int(status), graph=graph
+        )
+        async with unit_of_work(self._sessions) as session:
+            await _FlowRows(session=session).add(row)
+            await session.commit()
+            return _flow(row)
+
+    async def set_status(self, flow_id: str, status: FlowStatus) -> Flow | None:
+        async with unit_of_work(self._sessions) as session:
+            row = await _FlowRows(session=session).get_one_or_none(FlowRow.id == flow_id)
+            if row is None:
+                return None
+            row.status = int(status)
+            await session.commit()
+            return _flow(row)
+
+    async def delete(self, flow_id: str) -> bool:
+        """Delete the flow; the database deletes its versions (ON DELETE CASCADE)."""
+        async with unit_of_work(self._sessions) as session:
+            # No sanity check: another process deleting the same flow meanwhile is no error.
+            deleted = await _FlowRows(session=session).delete_where(
+                FlowRow.id == flow_id, sanity_check=False
+            )
+            await session.commit()
+            return bool(deleted)
+
+    async def list(self) -> Sequence[Flow]:
+        async with unit_of_work(self._sessions) as session:
+            rows = await _FlowRows(session=session).get_many(
+                order_by=[(FlowRow.created_at, False), (FlowRow.id, False)]
+            )
+            return [_flow(row) for row in rows]
+
+    async def add_version(
+        self, flow_id: str, name: str, graph: Graph, make_current: bool
+    ) -> FlowVersion:
+        async with unit_of_work(self._sessions) as session:
+            flow = await _FlowRows(session=session).get_one_or_none(FlowRow.id == flow_id)
+            if flow is None:
+                raise NotFound(f"flow {flow_id} not found")
+            version = FlowVersionRow(flow_id=flow_id, name=name, graph=graph)
+            await _FlowVersionRows(session=session).add(version)
+            if make_current:
+                flow.graph = graph
+                flow.current_version_id = version.id
+            await session.commit()
+            return _version(version)
+
+
+class SqlChatRepository:
+    def __init__(self, sessions: SessionMaker) -> None:
+        self._sessions = sessions
+
+    async def get_session(self, chat_id: str) -> ChatSession | None:
+        async with unit_of_work(self._sessions) as session:
+            row = await _ChatSessionRows(session=session).get_one_or_none(
+                ChatSessionRow.chat_id == chat_id
+            )
+            return None if row is None else _chat_session(row)
+
+    async def claim_session(self, session: ChatSession) -> ChatSession:
+        """INSERT ... ON CONFLICT DO NOTHING, then read back whoever won.
+
+        The database arbitrates, so this is atomic across processes, not just tasks.
+        """
+        async with unit_of_work(self._sessions) as db:
+            claim = (
+                insert_for(db, ChatSessionRow)
+                .values(chat_id=session.chat_id, flow_id=session.flow_id, user_id=session.user_id)
+                .on_conflict_do_nothing(index_elements=["chat_id"])
+            )
+            await db.execute(claim)
+            winner = await _ChatSessionRows(session=db).get_one(
+                ChatSessionRow.chat_id == session.chat_id
+            )
+            await db.commit()
+            return _chat_session(winner)
+
+    async def add_message(self, message: NewMessage) -> ChatMessage:
+        row = ChatMessageRow(
+            chat_id=message.chat_id,
+            flow_id=message.flow_id,
+            user_id=message.user_id,
+            is_bot=message.is_bot,
+            category=message.category.value,
+            message=message.message,
+            status=None if message.status is None else message.status.value,
+            turn_id=message.turn_id,
+            client_msg_id=message.client_msg_id,
+        )
+        async with unit_of_work(self._sessions) as session:
+            await _ChatMessageRows(session=session).add(row)
+            await session.commit()
+            return _message(row)
+
+    async def messages_of_turn(self, chat_id: str, client_msg_id: str) -> Sequence[ChatMessage]:
+        """The messages (question, then answer if stored) of the turn a client id started."""
+        turns_of_client_id = select(ChatMessageRow.turn_id).where(
+            ChatMessageRow.chat_id == chat_id, ChatMessageRow.client_msg_id == client_msg_id
+        )
+        async with unit_of_work(self._sessions) as session:
+            rows = await _ChatMessageRows(session=session).get_many(
+                ChatMessageRow.chat_id == chat_id,
+                ChatMessageRow.turn_id.in_(turns_of_client_id),
+                order_by=(ChatMessageRow.id, False),
+            )
+            return [_message(row) for row in rows]
+
+    async def history(
+        self, chat_id: str, before_id: int | None, limit: int
+    ) -> Sequence[ChatMessage]:
+        """Up to ``limit`` messages with ``id < before_id`` (all if None), newest first."""
+        filters = [ChatMessageRow.chat_id == chat_id]
+        if before_id is not None:
+            filters.append(ChatMessageRow.id < before_id)
+        async with unit_of_work(self._sessions) as session:
+            rows = await _ChatMessageRows(session=session).get_many(
+                *filters, LimitOffset(limit=limit, offset=0), order_by=(ChatMessageRow.id, True)
+            )
+            return [_message(row) for row in rows]
+
+    async def after(self, chat_id: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
+        """Up to ``limit`` messages with ``id > after_id``, oldest first."""
+        async with unit_of_work(self._sessions) as session:
+            rows = await _ChatMessageRows(session=session).get_many(
+                ChatMessageRow.chat_id == chat_id,
+                ChatMessageRow.id > after_id,
+                LimitOffset(limit=limit, offset=0),
+                order_by=(ChatMessageRow.id, False),
+            )
+            return [_message(row) for row in rows]
+
+
+def _flow(row: FlowRow) -> Flow:
+    return Flow(
+        id=row.id,
+        name=row.name,
+        owner_id=row.owner_id,
+        status=FlowStatus(row.status),
+        graph=row.graph,
+        current_version_id=row.current_version_id,
+    )
+
+
+def _version(row: FlowVersionRow) -> FlowVersion:
+    return FlowVersion(id=row.id, flow_id=row.flow_id, name=row.name, graph=row.graph)
+
+
+def _chat_session(row: ChatSessionRow) -> ChatSession:
+    return ChatSession(chat_id=row.chat_id, flow_id=row.flow_id, user_id=row.user_id)
+
+
+def _message(row: ChatMessageRow) -> ChatMessage:
+    return ChatMessage(
+        id=row.id,
+        chat_id=row.chat_id,
+        flow_id=row.flow_id,
+        user_id=row.user_id,
+        is_bot=row.is_bot,
+        category=Category(row.category),
+        message=row.message,
+        turn_id=row.turn_id,
+        created_at=row.created_at,
+        status=None if row.status is None else MessageStatus(row.status),
+        client_msg_id=row.client_msg_id,
+    )

@@ -1,0 +1,75 @@
+"""One short session per operation, and what the SQL adapters share about it.
+
+WebSockets live for hours, so no adapter holds a session between calls: each operation opens
+a unit of work, commits it or lets it roll back, and closes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import asyncpg  # type: ignore[import-untyped]
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase
+
+from app.domain.errors import StoreUnavailable
+
+SessionMaker = Callable[[], AsyncSession]
+
+# OSError covers refused and reset connections and TimeoutError; OperationalError covers a
+# locked or unopenable SQLite file and a PostgreSQL server that is shutting down;
+# sqlalchemy's TimeoutError is a pool with no connection free in time.
+_UNAVAILABLE = (
+    OSError,
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,
+    asyncpg.PostgresConnectionError,
+)
+
+
+@asynccontextmanager
+async def unit_of_work(sessions: SessionMaker) -> AsyncIterator[AsyncSession]:
+    """A session that rolls back unless the caller commits it.
+
+    A failure to reach the database, however the driver and advanced-alchemy wrapped it,
+    leaves as :class:`StoreUnavailable`.
+    """
+    try:
+        async with sessions() as session:
+            yield session
+    except Exception as exc:
+        cause = _connection_failure(exc)
+        if cause is None:
+            raise
+        raise StoreUnavailable(f"database unavailable: {type(cause).__name__}") from exc
+
+
+def insert_for(
+    session: AsyncSession, model: type[DeclarativeBase]
+) -> sqlite.Insert | postgresql.Insert:
+    """An INSERT with ``on_conflict_do_*`` for the session's dialect (SQLite or PostgreSQL)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        return sqlite.insert(model)
+    if dialect == "postgresql":
+        return postgresql.insert(model)
+    raise NotImplementedError(f"flowgate supports SQLite and PostgreSQL, not {dialect}")
+
+
+def _connection_failure(exc: BaseException) -> BaseException | None:
+    """The error in ``exc``'s chain that says the database cannot be reached, if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _UNAVAILABLE):
+            return current
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
