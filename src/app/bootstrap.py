@@ -137,6 +137,7 @@ async def build_container(
             runtime=runtime,
             history_turns=settings.history_turns,
             turn_timeout=settings.turn_timeout,
+            shutdown_grace=settings.shutdown_grace,
         )
     )
     features.register(ComputeFeature())

@@ -238,3 +238,12 @@ async def test_resume_sends_what_was_missed_and_the_live_turn() -> None:
         f["message"] for f in t2.sent[4:] if f["type"] == "stream"
     )
     assert answer_so_far == "a b c d e f g h"
+
+
+async def test_shutdown_lets_running_turns_finish_and_be_stored() -> None:
+    rig = Rig()
+    dispatcher, _, conn = await rig.connect(scripted("a b c", delay=0.05))
+    await dispatcher.dispatch(b'{"inputs": {"input": "q"}}')
+    await rig.feature.closed(conn)
+    await rig.feature.aclose()
+    assert (rig.chats.messages[-1].message, rig.chats.messages[-1].status) == ("a b c", "complete")

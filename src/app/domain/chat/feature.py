@@ -49,9 +49,11 @@ class ChatFeature(Feature):
         runtime: GraphRuntime,
         history_turns: int,
         turn_timeout: float,
+        shutdown_grace: float = 10.0,
     ) -> None:
         super().__init__()
         self._chats = chats
+        self._shutdown_grace = shutdown_grace
         self._hubs: dict[str, ChatHub] = {}
         self._turns = TurnRunner(
             chats=chats,
@@ -82,9 +84,14 @@ class ChatFeature(Feature):
         self._forget_if_idle(hub)
 
     async def aclose(self) -> None:
-        for hub in list(self._hubs.values()):
-            if hub.turn is not None and hub.turn.task is not None:
-                hub.turn.task.cancel()
+        """On shutdown: let running turns finish and be stored for a grace period, then cancel."""
+        running = self.running_turns()
+        if running:
+            _, late = await asyncio.wait(running, timeout=self._shutdown_grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1)
 
     def running_turns(self) -> list[asyncio.Task[None]]:
         return [

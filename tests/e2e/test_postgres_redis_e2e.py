@@ -1,0 +1,77 @@
+"""The real adapters end to end: a server on PostgreSQL and Redis, the CLI beside it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.e2e.conftest import Server, make_server, scripted_graph
+from tests.e2e.wsclient import ask, close_of, opened, send, until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def real_server(
+    pg_database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    prefix = f"flowgate-test:{uuid.uuid4().hex}:"
+    running = make_server(
+        tmp_path_factory.mktemp("real"),
+        database_url=pg_database_url,
+        redis_url=redis_url,
+        redis_prefix=prefix,
+    )
+    running.start()
+    yield running
+    running.stop()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+async def test_turns_persist_in_postgres(real_server: Server) -> None:
+    s = real_server
+    flow = s.create_flow("pg-user", scripted_graph("stored in postgres"))
+    token, chat = s.token("pg-user"), f"c-{uuid.uuid4().hex[:8]}"
+    url = f"{s.ws}/api/v1/chat/{flow}?t={token}&chat_id={chat}"
+    async with opened(url) as ws:
+        await send(ws, {"inputs": {"input": "hello pg"}, "client_msg_id": "k1"})
+        frames = await until(ws, "close")
+    assert frames[-2]["message"] == "stored in postgres"
+    async with opened(url) as ws:
+        history = await ask(ws, {"action": "history"})
+        await send(ws, {"inputs": {"input": "hello pg"}, "client_msg_id": "k1"})
+        replay = await until(ws, "close")
+    assert [m["message"] for m in history["messages"]] == ["stored in postgres", "hello pg"]
+    assert [f["type"] for f in replay] == ["begin", "end", "close"]
+    intruder = s.token("someone-else")
+    assert await close_of(f"{s.ws}/api/v1/chat/{flow}?t={intruder}&chat_id={chat}") == (
+        1008, "Forbidden",
+    )
+
+
+async def test_debug_build_records_live_in_redis(real_server: Server, redis_url: str) -> None:
+    s = real_server
+    flow = s.create_flow("pg-owner", scripted_graph("debugging"), online=False)
+    token = s.token("pg-owner")
+    assert await close_of(f"{s.ws}/api/v1/chat/{flow}?t={token}") == (1013, "build not passed")
+    assert s.cli("flows", "build", flow).stdout.strip() == "success"
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        key = f"{s.env['FLOWGATE_REDIS_PREFIX']}flow_data_{flow}"
+        assert client.hget(key, "status") == "success"
+        assert 0 < client.ttl(key) <= 600
+    finally:
+        client.close()
+    async with opened(f"{s.ws}/api/v1/chat/{flow}?t={token}") as ws:
+        await send(ws, {"inputs": {"input": "x"}})
+        frames = await until(ws, "close")
+    assert frames[-2]["message"] == "debugging" and frames[-2]["message_id"] is None
