@@ -17,7 +17,6 @@ from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from app.domain.admission import AdmissionService
 from app.domain.catalog import FlowCatalog
 from app.domain.chat import ChatFeature
-from app.domain.errors import StoreUnavailable
 from app.domain.features import FeatureRegistry
 from app.domain.features.compute import ComputeFeature
 from app.domain.features.translate import TranslateFeature

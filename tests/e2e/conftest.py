@@ -73,7 +73,11 @@ class Server:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "app", *args],
-            env=self.env, cwd=self.workdir, capture_output=True, text=True, timeout=60,
+            env=self.env,
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"app {' '.join(args)} failed: {result.stderr}")
@@ -88,7 +92,16 @@ class Server:
         return str(path)
 
     def create_flow(self, owner: str, graph: object = ECHO_GRAPH, online: bool = True) -> str:
-        args = ["flows", "create", "--name", "f", "--owner", owner, "--graph", self.graph_file(graph)]
+        args = [
+            "flows",
+            "create",
+            "--name",
+            "f",
+            "--owner",
+            owner,
+            "--graph",
+            self.graph_file(graph),
+        ]
         return self.cli(*args, *(["--online"] if online else [])).stdout.strip()
 
     def start(self) -> None:
@@ -96,7 +109,10 @@ class Server:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "app", "run", "--port", str(self.port)],
-            env=self.env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + STARTUP_SECONDS
         while time.monotonic() < deadline:

@@ -74,15 +74,24 @@ async def test_rules_2_to_4(strict_server: Server) -> None:
     other_flow = s.create_flow("owner")
     offline = s.create_flow("owner", online=False)
     other_version = s.cli(
-        "flows", "version", "add", other_flow, "--graph", s.graph_file({"nodes": [], "edges": []}),
+        "flows",
+        "version",
+        "add",
+        other_flow,
+        "--graph",
+        s.graph_file({"nodes": [], "edges": []}),
         check=False,
     )
     unknown = f"{s.ws}/api/v1/chat/{flow}/teleport?t={token}&chat_id=c1"
     assert await close_of(unknown) == (1008, "unknown feature")
-    assert await close_of(chat_url(s, "no-such-flow", token, chat_id="c1")) == (1008, "flow deleted")
+    assert await close_of(chat_url(s, "no-such-flow", token, chat_id="c1")) == (
+        1008,
+        "flow deleted",
+    )
     assert await close_of(chat_url(s, offline, token, chat_id="c1")) == (1008, "flow not online")
     assert await close_of(chat_url(s, flow, token, chat_id="c1", version_id="424242")) == (
-        1008, "version not found",
+        1008,
+        "version not found",
     )
     assert other_version.returncode == 1  # an invalid graph is refused, and says why
     assert "ChatInput" in other_version.stderr
@@ -132,13 +141,16 @@ async def test_zh_reasons(zh_server: Server) -> None:
     offline = s.create_flow("owner", online=False)
     assert await close_of(chat_url(s, "gone", token, chat_id="c1")) == (1008, "该技能已被删除")
     assert await close_of(chat_url(s, offline, token, chat_id="c1")) == (
-        1008, "当前技能未上线,无法直接对话",
+        1008,
+        "当前技能未上线,无法直接对话",
     )
     assert await close_of(chat_url(s, offline, token)) == (1013, "当前编译没通过")
     assert await close_of(chat_url(s, offline, None, chat_id="c1")) == (1008, "Unauthorized")
 
 
-async def test_store_unreachable_is_service_unavailable(tmp_path_factory: pytest.TempPathFactory) -> None:
+async def test_store_unreachable_is_service_unavailable(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
     s = make_server(tmp_path_factory.mktemp("down"), redis_url="redis://127.0.0.1:1/0")
     s.start()
     try:

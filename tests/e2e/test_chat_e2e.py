@@ -13,8 +13,17 @@ from tests.e2e.wsclient import ask, opened, recv, send, until
 pytestmark = pytest.mark.e2e
 
 CHAT_FIELDS = {
-    "type", "category", "is_bot", "message", "intermediate_steps", "message_id", "chat_id",
-    "flow_id", "user_id", "turn_id", "status",
+    "type",
+    "category",
+    "is_bot",
+    "message",
+    "intermediate_steps",
+    "message_id",
+    "chat_id",
+    "flow_id",
+    "user_id",
+    "turn_id",
+    "status",
 }
 SLOW_REPLY = " ".join(f"w{i}" for i in range(40))
 
@@ -77,7 +86,8 @@ async def test_stop_mid_stream_stores_the_partial_answer(server: Server) -> None
         assert end["message"] == streamed and 0 < len(streamed) < len(SLOW_REPLY)
         history = await ask(ws, {"action": "history"})
         assert (history["messages"][0]["message"], history["messages"][0]["status"]) == (
-            streamed, "stopped",
+            streamed,
+            "stopped",
         )
         assert (await ask(ws, {"action": "stop"}))["code"] == "not_running"
 
@@ -130,9 +140,10 @@ async def test_turn_outlives_its_socket(server: Server) -> None:
 async def test_two_sockets_on_one_chat_both_see_the_turn(server: Server) -> None:
     flow = server.create_flow("u6", scripted_graph("shared reply", delay=0.05))
     token, chat = server.token("u6"), new_chat()
-    async with opened(url(server, flow, token, chat)) as tab1, opened(
-        url(server, flow, token, chat)
-    ) as tab2:
+    async with (
+        opened(url(server, flow, token, chat)) as tab1,
+        opened(url(server, flow, token, chat)) as tab2,
+    ):
         await asyncio.sleep(0.1)
         await send(tab1, {"inputs": {"input": "to both"}})
         seen1, seen2 = await asyncio.gather(until(tab1, "close"), until(tab2, "close"))

@@ -56,5 +56,8 @@ async def test_health_and_ready(server: Server) -> None:
 
 async def test_unknown_path_is_refused(server: Server) -> None:
     token = server.token("owner")
-    with pytest.raises(Exception):
+    from websockets.exceptions import InvalidStatus
+
+    with pytest.raises(InvalidStatus) as refused:
         await close_of(f"{server.ws}/api/v1/nowhere?t={token}")
+    assert refused.value.response.status_code in (403, 404)

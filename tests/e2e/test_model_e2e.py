@@ -32,7 +32,9 @@ API_KEY = "sk-e2e-secret-key"
 
 
 def sse(content: str) -> str:
-    return "data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": content}}]}) + "\n\n"
+    return (
+        "data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": content}}]}) + "\n\n"
+    )
 
 
 class ModelStub:
@@ -124,7 +126,11 @@ async def test_model_streams_through_and_gets_memory(llm_server: Server, stub: M
     flow = llm_server.create_flow("m1", MODEL_GRAPH)
     token, chat = llm_server.token("m1"), f"c-{uuid.uuid4().hex[:8]}"
     frames = await turn(llm_server, flow, token, chat, "ok")
-    assert [f["message"] for f in frames if f["type"] == "stream"] == ["Hello", " from", " the model"]
+    assert [f["message"] for f in frames if f["type"] == "stream"] == [
+        "Hello",
+        " from",
+        " the model",
+    ]
     assert frames[-2]["status"] == "complete"
     await turn(llm_server, flow, token, chat, "ok")
     # The second call carried the first turn as memory.

@@ -54,7 +54,8 @@ async def test_turns_persist_in_postgres(real_server: Server) -> None:
     assert [f["type"] for f in replay] == ["begin", "end", "close"]
     intruder = s.token("someone-else")
     assert await close_of(f"{s.ws}/api/v1/chat/{flow}?t={intruder}&chat_id={chat}") == (
-        1008, "Forbidden",
+        1008,
+        "Forbidden",
     )
 
 

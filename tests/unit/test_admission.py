@@ -180,7 +180,9 @@ async def test_rule5a_debug_needs_owner_or_admin(world: World) -> None:
     assert admin.debug and admin.graph == {"v": "build"}
 
 
-@pytest.mark.parametrize("status", [BuildStatus.FAILURE, BuildStatus.STARTED, BuildStatus.IN_PROGRESS, None])
+@pytest.mark.parametrize(
+    "status", [BuildStatus.FAILURE, BuildStatus.STARTED, BuildStatus.IN_PROGRESS, None]
+)
 async def test_rule5b_build_must_have_passed(world: World, status: BuildStatus | None) -> None:
     flow = await world.flows.add("f", world.owner.id, GRAPH, FlowStatus.OFFLINE)
     if status is not None:

@@ -17,7 +17,13 @@ from app.domain.flows import Flow, FlowStatus
 from app.domain.graph import GraphRuntime, RuntimeServices, default_registry
 from app.domain.llm import ModelMessage
 from app.domain.users import User
-from tests.fakes import FakeChatModel, FakeChatRepository, FakeTokenVerifier, FakeTransport, FakeTranslator
+from tests.fakes import (
+    FakeChatModel,
+    FakeChatRepository,
+    FakeTokenVerifier,
+    FakeTranslator,
+    FakeTransport,
+)
 
 ALICE = User(id="alice")
 
@@ -42,7 +48,10 @@ LLM = graph({"id": "m", "type": "ChatModel", "params": {}})
 
 class FailingModel:
     async def stream(
-        self, messages: Sequence[ModelMessage], *, model: str | None = None,
+        self,
+        messages: Sequence[ModelMessage],
+        *,
+        model: str | None = None,
         temperature: float | None = None,
     ) -> AsyncIterator[str]:
         yield "partial "
@@ -70,7 +79,11 @@ class Rig:
         transport = FakeTransport()
         connection = Connection(admission, transport)
         await self.feature.opened(connection)
-        return FrameDispatcher(connection, self.feature, FakeTokenVerifier(), 1000), transport, connection
+        return (
+            FrameDispatcher(connection, self.feature, FakeTokenVerifier(), 1000),
+            transport,
+            connection,
+        )
 
     async def settle(self) -> None:
         for _ in range(200):
@@ -89,7 +102,8 @@ async def test_full_turn_frames_and_persistence() -> None:
     assert types == ["begin", "start", "stream", "stream", "stream", "end", "close"]
     stored = rig.chats.messages
     assert [(m.category, m.message, m.status) for m in stored] == [
-        ("question", "q1", None), ("answer", "one two three", "complete"),
+        ("question", "q1", None),
+        ("answer", "one two three", "complete"),
     ]
     assert transport.sent[0]["message_id"] == stored[0].id
     assert transport.sent[-2]["message_id"] == stored[1].id
@@ -121,8 +135,10 @@ async def test_model_gets_the_last_turns_as_memory() -> None:
     contents = [(m.role, m.content) for m in last_call]
     # history_turns=2: the two previous turns, oldest first, then the new question.
     assert contents == [
-        ("user", "first"), ("assistant", "Hi there"),
-        ("user", "second"), ("assistant", "Hi there"),
+        ("user", "first"),
+        ("assistant", "Hi there"),
+        ("user", "second"),
+        ("assistant", "Hi there"),
         ("user", "third"),
     ]
 
@@ -161,14 +177,16 @@ async def test_busy_and_idempotent_client_msg_id() -> None:
 
 async def test_turn_outlives_the_last_connection_but_debug_turns_do_not() -> None:
     rig = Rig()
-    _, transport, conn = await rig.connect(scripted("a b c d", delay=0.03))
+    _, _, conn = await rig.connect(scripted("a b c d", delay=0.03))
     dispatcher = FrameDispatcher(conn, rig.feature, FakeTokenVerifier(), 1000)
     await dispatcher.dispatch(b'{"inputs": {"input": "q"}}')
     await rig.feature.closed(conn)
     await rig.settle()
     assert rig.chats.messages[-1].message == "a b c d"
 
-    debug_dispatcher, _, debug_conn = await rig.connect(scripted("a b c d", delay=0.05), chat_id=None)
+    debug_dispatcher, _, debug_conn = await rig.connect(
+        scripted("a b c d", delay=0.05), chat_id=None
+    )
     await debug_dispatcher.dispatch(b'{"inputs": {"input": "q"}}')
     await asyncio.sleep(0.01)
     tasks = rig.feature.running_turns()
@@ -224,7 +242,7 @@ async def test_empty_input_is_an_invalid_message(frame: bytes) -> None:
 
 async def test_resume_sends_what_was_missed_and_the_live_turn() -> None:
     rig = Rig()
-    d1, t1, _ = await rig.connect(scripted("a b c d e f g h", delay=0.05))
+    d1, _, _ = await rig.connect(scripted("a b c d e f g h", delay=0.05))
     await d1.dispatch(b'{"inputs": {"input": "q"}}')
     await asyncio.sleep(0.13)
     d2, t2, _ = await rig.connect(scripted("a b c d e f g h", delay=0.05))

@@ -14,13 +14,16 @@ from app.domain.features.compute import ComputeFeature
 from app.domain.features.translate import TranslateFeature
 from app.domain.flows import Flow, FlowStatus
 from app.domain.users import User
-from tests.fakes import FakeTokenVerifier, FakeTransport, FakeTranslator
+from tests.fakes import FakeTokenVerifier, FakeTranslator, FakeTransport
 
 ALICE = User(id="alice", expires_at=time.time() + 3600)
 
 
 def connect(
-    feature: object, user: User = ALICE, rate: float = 100.0, verifier: FakeTokenVerifier | None = None
+    feature: object,
+    user: User = ALICE,
+    rate: float = 100.0,
+    verifier: FakeTokenVerifier | None = None,
 ) -> tuple[FrameDispatcher, FakeTransport, Connection]:
     flow = Flow(id="f1", name="f", owner_id="alice", status=FlowStatus.ONLINE, graph={})
     admission = Admission(
@@ -29,7 +32,10 @@ def connect(
     transport = FakeTransport()
     connection = Connection(admission, transport)
     dispatcher = FrameDispatcher(
-        connection, feature, verifier or FakeTokenVerifier(), rate  # type: ignore[arg-type]
+        connection,
+        feature,
+        verifier or FakeTokenVerifier(),
+        rate,  # type: ignore[arg-type]
     )
     return dispatcher, transport, connection
 
@@ -79,7 +85,11 @@ async def test_bad_frames_get_error_frames_and_the_connection_stays() -> None:
     await dispatcher.dispatch(b'{"action": "compute", "data": 2}')
     codes = [frame.get("code") for frame in transport.sent[:5]]
     assert codes == [
-        "invalid_json", "invalid_message", "unknown_action", "unknown_action", "invalid_message"
+        "invalid_json",
+        "invalid_message",
+        "unknown_action",
+        "unknown_action",
+        "invalid_message",
     ]
     assert all(frame["type"] == "error" for frame in transport.sent[:5])
     assert "$.action" in str(transport.sent[4]["message"])
@@ -88,8 +98,8 @@ async def test_bad_frames_get_error_frames_and_the_connection_stays() -> None:
 
 
 async def test_invalid_message_names_the_json_path() -> None:
-    from app.domain.frames import HistoryRequest
     from app.domain.features.base import Feature
+    from app.domain.frames import HistoryRequest
 
     class Paged(Feature):
         name = "paged"

@@ -11,9 +11,9 @@ from litestar import Litestar
 
 from app.api import log_redaction
 from app.api.chat_socket import chat_endpoint, feature_endpoint
-from app.cli.plugin import FlowgateCLIPlugin
 from app.api.health import health, ready
 from app.bootstrap import build_container
+from app.cli.plugin import FlowgateCLIPlugin
 from app.infra.settings import Settings, load_settings
 from app.infra.sql.config import make_sqlalchemy_config
 

@@ -67,7 +67,10 @@ async def serve(socket: WebSocket, flow_id: str, feature_name: str, container: C
     except Rejected as rejected:
         logger.info(
             "refused %s for flow %s: %s (%s)",
-            feature_name, flow_id, rejected.rejection.name, rejected,
+            feature_name,
+            flow_id,
+            rejected.rejection.name,
+            rejected,
         )
         await _close(socket, rejected.rejection, settings.locale)
         return

@@ -100,9 +100,7 @@ async def add_version(flow_id: str, graph_file: Path, name: str | None, current:
     """Save a new version of a flow; prints its id."""
     graph = read_graph(graph_file)
     async with container() as c:
-        version = await c.catalog.add_version(
-            flow_id, graph=graph, name=name, make_current=current
-        )
+        version = await c.catalog.add_version(flow_id, graph=graph, name=name, make_current=current)
     click.echo(version.id)
 
 

@@ -47,7 +47,7 @@ def run_command(host: str, port: int, workers: int, ws_impl: str, forwarded_allo
         host=host,
         port=port,
         workers=workers,
-        ws=ws_impl,  # type: ignore[arg-type]
+        ws=ws_impl,
         ws_max_size=settings.max_message_size,
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,

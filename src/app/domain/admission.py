@@ -163,4 +163,6 @@ def _parse_version_id(raw: str | None) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise Rejected(Rejection.VERSION_NOT_FOUND, f"version_id {raw!r} is not an integer") from None
+        raise Rejected(
+            Rejection.VERSION_NOT_FOUND, f"version_id {raw!r} is not an integer"
+        ) from None

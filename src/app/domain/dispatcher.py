@@ -112,9 +112,7 @@ class FrameDispatcher:
             await connection.send(frames.error(ErrorCode.UNAUTHORIZED, "token refused"))
             return
         if user.id != connection.user.id:
-            await connection.send(
-                frames.error(ErrorCode.UNAUTHORIZED, "token is for another user")
-            )
+            await connection.send(frames.error(ErrorCode.UNAUTHORIZED, "token is for another user"))
             return
         connection.user = user
         self._arm_expiry()

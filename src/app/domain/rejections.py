@@ -1,4 +1,4 @@
-"""Why a connection is refused: close codes and their reasons in each locale (PROTOCOL.md §3, §7)."""
+"""Why a connection is refused: close codes and reasons in each locale (PROTOCOL.md §3, §7)."""
 
 from __future__ import annotations
 
@@ -32,10 +32,12 @@ class Rejection(Enum):
 
     @property
     def code(self) -> int:
-        return self.value[0]
+        code: int = self.value[0]
+        return code
 
     def reason(self, locale: str = "en") -> str:
-        _, english, chinese = self.value
+        english: str = self.value[1]
+        chinese: str | None = self.value[2]
         return chinese if locale == "zh" and chinese else english
 
 

@@ -98,8 +98,9 @@ class Settings:
         return self.environment == "development"
 
 
-def _jwt_secret(environment: str, algorithms: tuple[str, ...], public_key: str | None,
-                jwks_url: str | None) -> str | None:
+def _jwt_secret(
+    environment: str, algorithms: tuple[str, ...], public_key: str | None, jwks_url: str | None
+) -> str | None:
     secret = _env("JWT_SECRET")
     uses_hmac = any(alg.startswith("HS") for alg in algorithms)
     if not uses_hmac:

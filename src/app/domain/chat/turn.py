@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from contextlib import aclosing
 from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from typing import Any
 
 from app.domain import frames
@@ -99,9 +99,7 @@ class TurnFrames:
 
 
 class Turn:
-    __slots__ = (
-        "_stop_requested", "answer", "framer", "hub", "id", "question_id", "spec", "task"
-    )
+    __slots__ = ("_stop_requested", "answer", "framer", "hub", "id", "question_id", "spec", "task")
 
     def __init__(self, hub: ChatHub, spec: TurnSpec) -> None:
         self.id = new_turn_id()
@@ -164,7 +162,9 @@ class TurnRunner:
                 answer_id = await self._store_answer(turn, answer, status)
             except StoreUnavailable as exc:
                 logger.error("answer of turn %s not stored: %s", turn.id, exc)
-                await hub.broadcast(frames.error(ErrorCode.TURN_FAILED, "the answer could not be stored"))
+                await hub.broadcast(
+                    frames.error(ErrorCode.TURN_FAILED, "the answer could not be stored")
+                )
                 answer_id = None
             await hub.broadcast(turn.frame("end", answer, message_id=answer_id, status=status))
             await hub.broadcast(turn.frame("close", ""))
@@ -190,9 +190,10 @@ class TurnRunner:
             await hub.broadcast(turn.frame("start", ""))
             compiled = self._compiled(spec.graph)
             turn_input = TurnInput(text=spec.text, inputs=spec.inputs, history=history)
-            async with asyncio.timeout(self._turn_timeout), aclosing(
-                self._runtime.run(compiled, turn_input)
-            ) as pieces:
+            async with (
+                asyncio.timeout(self._turn_timeout),
+                aclosing(self._runtime.run(compiled, turn_input)) as pieces,
+            ):
                 async for piece in pieces:
                     turn.answer.append(piece)
                     await hub.broadcast(turn.frame("stream", piece))

@@ -11,7 +11,7 @@ every model call) it started.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +69,7 @@ class GraphRuntime:
                     )
         return CompiledGraph(tuple(compiled.values()), output_id)
 
-    async def run(self, compiled: CompiledGraph, turn: TurnInput) -> AsyncIterator[str]:
+    async def run(self, compiled: CompiledGraph, turn: TurnInput) -> AsyncGenerator[str, None]:
         """The pieces of the answer, as they reach ``ChatOutput``."""
         outputs: dict[str, _NodeOutput] = {}
         for node in compiled.nodes:
