@@ -236,6 +236,17 @@ class TurnRunner:
         return as_memory(list(reversed(recent)))
 
     async def _store_question(self, turn: Turn) -> int | None:
+        return await self._store(turn, Category.QUESTION, turn.spec.text, None)
+
+    async def _store_answer(self, turn: Turn, answer: str, status: MessageStatus) -> int | None:
+        # No stored question (debug, or the question could not be stored): nothing to answer.
+        if turn.question_id is None:
+            return None
+        return await self._store(turn, Category.ANSWER, answer, status)
+
+    async def _store(
+        self, turn: Turn, category: Category, text: str, status: MessageStatus | None
+    ) -> int | None:
         spec = turn.spec
         if spec.chat_id is None:
             return None
@@ -244,27 +255,9 @@ class TurnRunner:
                 chat_id=spec.chat_id,
                 flow_id=spec.flow_id,
                 user_id=spec.user_id,
-                is_bot=False,
-                category=Category.QUESTION,
-                message=spec.text,
-                turn_id=turn.id,
-                client_msg_id=spec.client_msg_id,
-            )
-        )
-        return stored.id
-
-    async def _store_answer(self, turn: Turn, answer: str, status: MessageStatus) -> int | None:
-        spec = turn.spec
-        if spec.chat_id is None or turn.question_id is None:
-            return None
-        stored = await self._chats.add_message(
-            NewMessage(
-                chat_id=spec.chat_id,
-                flow_id=spec.flow_id,
-                user_id=spec.user_id,
-                is_bot=True,
-                category=Category.ANSWER,
-                message=answer,
+                is_bot=category is Category.ANSWER,
+                category=category,
+                message=text,
                 turn_id=turn.id,
                 status=status,
                 client_msg_id=spec.client_msg_id,
