@@ -17,7 +17,7 @@ from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
 from app.domain.admission import AdmissionService
 from app.domain.catalog import FlowCatalog
 from app.domain.chat import ChatFeature
-from app.domain.features import FeatureRegistry
+from app.domain.features import FeatureRegistry, FeatureServices
 from app.domain.features.compute import ComputeFeature
 from app.domain.features.translate import TranslateFeature
 from app.domain.graph import GraphRuntime, RuntimeServices, default_registry, validate_graph
@@ -174,17 +174,6 @@ async def build_container(
         checks=checks,
         closers=closers,
     )
-
-
-@dataclass(frozen=True)
-class FeatureServices:
-    """What an extension feature's factory (entry point group ``flowgate.features``) gets."""
-
-    flows: FlowRepository
-    chats: ChatRepository
-    runtime: GraphRuntime
-    chat_model: ChatModel
-    translator: Translator
 
 
 def _chat_model(settings: Settings, http: httpx.AsyncClient) -> ChatModel:

@@ -1,5 +1,5 @@
 """Feature handlers: what a connection does with its frames once admitted."""
 
-from app.domain.features.base import Feature, FeatureError, FeatureRegistry
+from app.domain.features.base import Feature, FeatureError, FeatureRegistry, FeatureServices
 
-__all__ = ["Feature", "FeatureError", "FeatureRegistry"]
+__all__ = ["Feature", "FeatureError", "FeatureRegistry", "FeatureServices"]

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import msgspec
 
 from app.domain.connection import Connection
+from app.domain.graph import GraphRuntime
+from app.domain.ports import ChatModel, ChatRepository, FlowRepository, Translator
 
 
 class FeatureError(msgspec.Struct):
@@ -55,6 +58,17 @@ class Feature(ABC):
 
     async def aclose(self) -> None:
         """Called on shutdown, after every connection has closed."""
+
+
+@dataclass(frozen=True)
+class FeatureServices:
+    """What an extension feature's factory (entry point group ``flowgate.features``) gets."""
+
+    flows: FlowRepository
+    chats: ChatRepository
+    runtime: GraphRuntime
+    chat_model: ChatModel
+    translator: Translator
 
 
 class FeatureRegistry:
