@@ -21,6 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
+from app.infra.auth.token_issuer import issue_token
+from app.infra.settings import JWTSettings
+
 STARTUP_SECONDS = 30
 SECRET = "e2e-secret-" + "x" * 40
 
@@ -83,8 +86,19 @@ class Server:
             raise AssertionError(f"app {' '.join(args)} failed: {result.stderr}")
         return result
 
-    def token(self, user_id: str, *extra: str) -> str:
-        return self.cli("token", "issue", "--user-id", user_id, *extra).stdout.strip()
+    def token(self, user_id: str, *, role: str | None = None, ttl: int = 3600) -> str:
+        """Issued in-process with the server's secret (``app token issue`` has its own test):
+        a CLI process per token would double the suite's time."""
+        settings = JWTSettings(
+            secret=self.env["FLOWGATE_JWT_SECRET"],
+            algorithms=("HS256",),
+            public_key=None,
+            jwks_url=None,
+            audience=None,
+            issuer=None,
+            leeway=0,
+        )
+        return issue_token(settings, user_id=user_id, role=role, ttl_seconds=ttl)
 
     def graph_file(self, graph: object) -> str:
         path = self.workdir / f"graph-{uuid.uuid4().hex[:8]}.json"

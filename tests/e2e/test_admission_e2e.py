@@ -47,7 +47,7 @@ async def test_rule1_unauthorized(strict_server: Server) -> None:
     flow = s.create_flow("owner")
     assert await close_of(chat_url(s, flow, None, chat_id="c1")) == (1008, "Unauthorized")
     assert await close_of(chat_url(s, flow, "not.a.jwt", chat_id="c1")) == (1008, "Unauthorized")
-    expired = s.token("owner", "--ttl", "1")
+    expired = s.token("owner", ttl=1)
     await asyncio.sleep(2.1)
     assert await close_of(chat_url(s, flow, expired, chat_id="c1")) == (1008, "Unauthorized")
 
@@ -106,7 +106,7 @@ async def test_rules_2_to_4(strict_server: Server) -> None:
 async def test_rule5_debug(strict_server: Server) -> None:
     s = strict_server
     owner, stranger = s.token("owner"), s.token("stranger")
-    admin = s.token("boss", "--role", "admin")
+    admin = s.cli("token", "issue", "--user-id", "boss", "--role", "admin").stdout.strip()
     flow = s.create_flow("owner", online=False)
     assert await close_of(chat_url(s, flow, stranger)) == (1008, "Forbidden")
     assert await close_of(chat_url(s, flow, owner)) == (1013, "build not passed")
