@@ -8,7 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.conftest import Server, make_server
-from tests.e2e.wsclient import ask, close_of, opened
+from websockets.exceptions import ConnectionClosed
+
+from tests.e2e.wsclient import ask, close_of, opened, recv, send
 
 pytestmark = pytest.mark.e2e
 
@@ -174,3 +176,19 @@ async def test_tokens_never_reach_the_log(strict_server: Server) -> None:
     log = s.log()
     assert "/api/v1/chat/" in log  # the requests were logged...
     assert token not in log and token.split(".")[2] not in log  # ...without the token
+
+
+async def test_token_expiry_closes_unless_refreshed(strict_server: Server) -> None:
+    s = strict_server
+    flow = s.create_flow("sleepy")
+    short = s.token("sleepy", ttl=2)
+    async with opened(chat_url(s, flow, short, chat_id="exp1")) as ws:
+        assert await ask(ws, {"action": "ping"}) == {"type": "pong"}
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv(ws, timeout=6)
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "token expired")
+    async with opened(chat_url(s, flow, s.token("sleepy", ttl=2), chat_id="exp2")) as ws:
+        await send(ws, {"action": "auth", "token": s.token("sleepy", ttl=3600)})
+        await asyncio.sleep(3)
+        assert await ask(ws, {"action": "ping"}) == {"type": "pong"}
