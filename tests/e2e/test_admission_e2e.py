@@ -6,10 +6,9 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-
-from tests.e2e.conftest import Server, make_server
 from websockets.exceptions import ConnectionClosed
 
+from tests.e2e.conftest import Server, make_server
 from tests.e2e.wsclient import ask, close_of, opened, recv, send
 
 pytestmark = pytest.mark.e2e
