@@ -23,6 +23,7 @@ from app.domain.features.translate import TranslateFeature
 from app.domain.graph import GraphRuntime, RuntimeServices, default_registry, validate_graph
 from app.domain.ports import (
     BuildStore,
+    ChatBus,
     ChatModel,
     ChatRepository,
     FlowRepository,
@@ -31,11 +32,13 @@ from app.domain.ports import (
 )
 from app.domain.registry import ConnectionRegistry
 from app.infra.auth import JWTVerifier
+from app.infra.bus.memory import InProcessChatBus
 from app.infra.cache import CachedFlowRepository
 from app.infra.llm.openai import OpenAIChatModel
 from app.infra.llm.scripted import ScriptedChatModel
 from app.infra.plugins import iter_feature_entry_points, load_node_types
 from app.infra.redis.build_store import RedisBuildStore
+from app.infra.redis.chat_bus import RedisChatBus
 from app.infra.redis.client import make_redis
 from app.infra.settings import Settings
 from app.infra.sql.build_store import SqlBuildStore
@@ -107,13 +110,18 @@ async def build_container(
     chats = SqlChatRepository(sessions)
 
     builds: BuildStore
+    bus: ChatBus
     if settings.redis_url:
         redis = make_redis(settings.redis_url)
         closers.append(redis.aclose)
         checks["redis"] = redis.ping
         builds = RedisBuildStore(redis, settings.redis_prefix)
+        redis_bus = RedisChatBus(redis, settings.redis_prefix)
+        closers.append(redis_bus.aclose)
+        bus = redis_bus
     else:
         builds = SqlBuildStore(sessions)
+        bus = InProcessChatBus()
 
     verifier = JWTVerifier(settings.jwt, http_client=http)
     chat_model = _chat_model(settings, http)
@@ -133,6 +141,7 @@ async def build_container(
     features.register(
         ChatFeature(
             chats=chats,
+            bus=bus,
             runtime=runtime,
             history_turns=settings.history_turns,
             turn_timeout=settings.turn_timeout,

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from tests.e2e.conftest import Server, make_server, scripted_graph
-from tests.e2e.wsclient import ask, close_of, opened, send, until
+from tests.e2e.wsclient import ask, close_of, opened, recv, send, until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
@@ -76,3 +76,41 @@ async def test_debug_build_records_live_in_redis(real_server: Server, redis_url:
         await send(ws, {"inputs": {"input": "x"}})
         frames = await until(ws, "close")
     assert frames[-2]["message"] == "debugging" and frames[-2]["message_id"] is None
+
+
+@pytest.fixture(scope="module")
+def twin_server(real_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A second process of the same deployment: same database, Redis prefix and secret."""
+    running = make_server(tmp_path_factory.mktemp("twin"))
+    running.env = dict(real_server.env)
+    running.start()
+    yield running
+    running.stop()
+
+
+async def test_two_processes_share_a_chat(real_server: Server, twin_server: Server) -> None:
+    flow = real_server.create_flow("both", scripted_graph(" ".join(["word"] * 30), delay=0.05))
+    token, chat = real_server.token("both"), f"c-{uuid.uuid4().hex[:8]}"
+    path = f"/api/v1/chat/{flow}?t={token}&chat_id={chat}"
+    async with opened(real_server.ws + path) as here, opened(twin_server.ws + path) as there:
+        # A pong means the connection is admitted and has joined its chat on the bus.
+        assert await ask(here, {"action": "ping"}) == await ask(there, {"action": "ping"})
+        await send(here, {"inputs": {"input": "to every process"}})
+        first = await recv(there)
+        assert first["type"] == "begin" and first["message"] == "to every process"
+        # A second message from the other process: busy, the turn runs elsewhere.
+        await send(there, {"inputs": {"input": "me too"}})
+        frames = [await recv(there) for _ in range(3)]
+        assert any(f.get("code") == "busy" for f in frames)
+        # A stop from the other process reaches the turn.
+        await send(there, {"action": "stop"})
+        seen_here = await until(here, "close")
+        seen_there = [f for f in frames if f["type"] != "error"] + await until(there, "close")
+    assert seen_here[-2]["status"] == "stopped"
+    assert seen_there[-2] == seen_here[-2]
+    assert {f["turn_id"] for f in seen_there} == {first["turn_id"]}
+    # The chat is free again, from either process.
+    async with opened(twin_server.ws + path) as there:
+        await send(there, {"inputs": {"input": "again"}})
+        done = await until(there, "close")
+    assert done[-2]["status"] == "complete"

@@ -17,6 +17,7 @@ from app.domain.flows import Flow, FlowStatus
 from app.domain.graph import GraphRuntime, RuntimeServices, default_registry
 from app.domain.llm import ModelMessage
 from app.domain.users import User
+from app.infra.bus.memory import InProcessChatBus
 from tests.fakes import (
     FakeChatModel,
     FakeChatRepository,
@@ -66,7 +67,11 @@ class Rig:
             default_registry(), RuntimeServices(chat_model=self.model, translator=FakeTranslator())
         )
         self.feature = ChatFeature(
-            chats=self.chats, runtime=runtime, history_turns=2, turn_timeout=turn_timeout
+            chats=self.chats,
+            bus=InProcessChatBus(),
+            runtime=runtime,
+            history_turns=2,
+            turn_timeout=turn_timeout,
         )
 
     async def connect(

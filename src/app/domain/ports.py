@@ -88,3 +88,40 @@ class ChatModel(Protocol):
     ) -> AsyncIterator[str]:
         """The answer's text, piece by piece. Closing the iterator cancels the call."""
         ...
+
+
+class ChatBusListener(Protocol):
+    """What a chat bus tells this process about chats it joined."""
+
+    async def on_remote_frame(self, chat_id: str, frame: bytes) -> None: ...
+
+    def on_remote_stop(self, chat_id: str) -> None: ...
+
+    def on_remote_join(self, chat_id: str) -> None: ...
+
+
+class ChatBus(Protocol):
+    """Carries a chat's frames and stop requests between server processes, and knows which
+    chats have a running turn, so that every process of a deployment shares a chat."""
+
+    def attach(self, listener: ChatBusListener) -> None: ...
+
+    async def join(self, chat_id: str) -> None:
+        """Start receiving this chat's frames, and tell the processes already in it."""
+        ...
+
+    async def leave(self, chat_id: str) -> None: ...
+
+    async def publish(self, chat_id: str, frame: bytes) -> bool:
+        """Send a frame to the other processes in the chat; False if none listens."""
+        ...
+
+    async def request_stop(self, chat_id: str) -> None: ...
+
+    async def claim_turn(self, chat_id: str, turn_id: str, ttl_seconds: float) -> bool:
+        """Atomically mark a turn as running in the chat; False if one already runs."""
+        ...
+
+    async def release_turn(self, chat_id: str, turn_id: str) -> None: ...
+
+    async def turn_running(self, chat_id: str) -> bool: ...

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from app.domain import frames
 from app.domain.chat.hub import ChatHub
-from app.domain.chat.turn import TurnFrames, TurnRunner, TurnSpec
+from app.domain.chat.turn import TurnFrames, TurnRunner, TurnSpec, new_turn_id
 from app.domain.chats import Category, ChatMessage, MessageStatus
 from app.domain.connection import Connection
 from app.domain.errors import StoreUnavailable
@@ -24,11 +24,13 @@ from app.domain.frames import (
     StopRequest,
 )
 from app.domain.graph import GraphRuntime
-from app.domain.ports import ChatRepository
+from app.domain.ports import ChatBus, ChatRepository
 
 logger = logging.getLogger(__name__)
 
 RESUME_LIMIT = 100
+#: A claimed turn outlives its time limit by this much before the claim expires on its own.
+CLAIM_MARGIN = 30.0
 EMPTY_HISTORY = frames.encode(HistoryFrame(messages=[], has_more=False))
 
 
@@ -46,6 +48,7 @@ class ChatFeature(Feature):
         self,
         *,
         chats: ChatRepository,
+        bus: ChatBus,
         runtime: GraphRuntime,
         history_turns: int,
         turn_timeout: float,
@@ -53,10 +56,14 @@ class ChatFeature(Feature):
     ) -> None:
         super().__init__()
         self._chats = chats
+        self._bus = bus
+        self._turn_timeout = turn_timeout
         self._shutdown_grace = shutdown_grace
         self._hubs: dict[str, ChatHub] = {}
+        bus.attach(self)
         self._turns = TurnRunner(
             chats=chats,
+            bus=bus,
             runtime=runtime,
             history_turns=history_turns,
             turn_timeout=turn_timeout,
@@ -70,6 +77,15 @@ class ChatFeature(Feature):
         hub = self._hubs.get(key)
         if hub is None:
             hub = self._hubs[key] = ChatHub(key, debug=connection.chat_id is None)
+            if connection.chat_id is not None:
+                try:
+                    await self._bus.join(connection.chat_id)
+                except StoreUnavailable as exc:
+                    logger.error(
+                        "chat %s: other processes' frames will not arrive: %s",
+                        connection.chat_id,
+                        exc,
+                    )
         hub.connections.add(connection)
 
     async def closed(self, connection: Connection) -> None:
@@ -81,7 +97,7 @@ class ChatFeature(Feature):
         if not hub.connections and hub.debug_memory is not None and hub.turn is not None:
             if hub.turn.task is not None:
                 hub.turn.task.cancel()
-        self._forget_if_idle(hub)
+        await self._forget_if_idle(hub)
 
     async def aclose(self) -> None:
         """On shutdown: let running turns finish and be stored for a grace period, then cancel."""
@@ -100,9 +116,31 @@ class ChatFeature(Feature):
             if hub.turn is not None and hub.turn.task is not None
         ]
 
-    def _forget_if_idle(self, hub: ChatHub) -> None:
+    async def _forget_if_idle(self, hub: ChatHub) -> None:
         if hub.idle and self._hubs.get(hub.key) is hub:
             del self._hubs[hub.key]
+            if hub.debug_memory is None:
+                try:
+                    await self._bus.leave(hub.key.removeprefix("chat:"))
+                except StoreUnavailable as exc:
+                    logger.warning("chat bus: leaving %s failed: %s", hub.key, exc)
+
+    # -- what other processes say (ChatBusListener) ------------------------------------------
+
+    async def on_remote_frame(self, chat_id: str, frame: bytes) -> None:
+        hub = self._hubs.get(f"chat:{chat_id}")
+        if hub is not None:
+            await hub.broadcast(frame)
+
+    def on_remote_stop(self, chat_id: str) -> None:
+        hub = self._hubs.get(f"chat:{chat_id}")
+        if hub is not None and hub.turn is not None:
+            hub.turn.stop()
+
+    def on_remote_join(self, chat_id: str) -> None:
+        hub = self._hubs.get(f"chat:{chat_id}")
+        if hub is not None and hub.turn is not None:
+            hub.turn.remote_listeners = True
 
     # -- frames ------------------------------------------------------------------------------
 
@@ -128,7 +166,14 @@ class ChatFeature(Feature):
         # Checked again after the awaits above: another connection may have started a turn.
         if self._joins_running_turn(hub, request):
             return
-        if hub.turn is not None:
+        turn_id = new_turn_id()
+        try:
+            free = hub.turn is None and await self._claim(connection, hub, turn_id)
+        except StoreUnavailable as exc:
+            logger.error("chat %s: turn not claimed: %s", connection.chat_id, exc)
+            await connection.send(frames.error(ErrorCode.TURN_FAILED, "service unavailable"))
+            return
+        if not free:
             await connection.send(frames.error(ErrorCode.BUSY, "a turn is already running"))
             return
         admission = connection.admission
@@ -143,7 +188,21 @@ class ChatFeature(Feature):
                 inputs=request.inputs,
                 client_msg_id=request.client_msg_id,
             ),
+            turn_id,
         )
+
+    async def _claim(self, connection: Connection, hub: ChatHub, turn_id: str) -> bool:
+        """Whether this process may run a turn in the chat: no other process runs one."""
+        if connection.chat_id is None:
+            return True
+        claimed = await self._bus.claim_turn(
+            connection.chat_id, turn_id, self._turn_timeout + CLAIM_MARGIN
+        )
+        # Another connection of this process may have started one while we asked.
+        if claimed and hub.turn is not None:
+            await self._bus.release_turn(connection.chat_id, turn_id)
+            return False
+        return claimed
 
     def _joins_running_turn(self, hub: ChatHub, request: ChatRequest) -> bool:
         """A retried message of the running turn: its connection already gets the frames."""
@@ -161,6 +220,8 @@ class ChatFeature(Feature):
             return False
         try:
             stored = await self._chats.messages_of_turn(chat_id, request.client_msg_id)
+            if stored and len(stored) == 1 and await self._bus.turn_running(chat_id):
+                return True  # it runs in another process: its frames reach this chat's sockets
         except StoreUnavailable as exc:
             logger.error("chat %s: turn lookup failed: %s", chat_id, exc)
             await connection.send(frames.error(ErrorCode.TURN_FAILED, "service unavailable"))
@@ -174,10 +235,17 @@ class ChatFeature(Feature):
         return True
 
     async def _stop(self, connection: Connection, hub: ChatHub) -> None:
-        if hub.turn is None:
-            await connection.send(frames.error(ErrorCode.NOT_RUNNING, "no turn is running"))
+        if hub.turn is not None:
+            hub.turn.stop()
             return
-        hub.turn.stop()
+        chat_id = connection.chat_id
+        try:
+            if chat_id is not None and await self._bus.turn_running(chat_id):
+                await self._bus.request_stop(chat_id)  # the process running it stops it
+                return
+        except StoreUnavailable as exc:
+            logger.error("chat %s: stop not sent: %s", chat_id, exc)
+        await connection.send(frames.error(ErrorCode.NOT_RUNNING, "no turn is running"))
 
     async def _history(self, connection: Connection, request: HistoryRequest) -> None:
         if connection.chat_id is None:

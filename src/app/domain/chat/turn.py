@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -20,7 +20,7 @@ from app.domain.errors import DomainError, InvalidGraph, ModelError, StoreUnavai
 from app.domain.frames import ChatFrame, ErrorCode
 from app.domain.graph import CompiledGraph, GraphRuntime, TurnInput
 from app.domain.llm import ModelMessage
-from app.domain.ports import ChatRepository
+from app.domain.ports import ChatBus, ChatRepository
 
 logger = logging.getLogger(__name__)
 
@@ -99,10 +99,20 @@ class TurnFrames:
 
 
 class Turn:
-    __slots__ = ("_stop_requested", "answer", "framer", "hub", "id", "question_id", "spec", "task")
+    __slots__ = (
+        "_stop_requested",
+        "answer",
+        "framer",
+        "hub",
+        "id",
+        "question_id",
+        "remote_listeners",
+        "spec",
+        "task",
+    )
 
-    def __init__(self, hub: ChatHub, spec: TurnSpec) -> None:
-        self.id = new_turn_id()
+    def __init__(self, hub: ChatHub, spec: TurnSpec, turn_id: str | None = None) -> None:
+        self.id = turn_id or new_turn_id()
         self.framer = TurnFrames(
             flow_id=spec.flow_id, chat_id=spec.chat_id, user_id=spec.user_id, turn_id=self.id
         )
@@ -112,6 +122,9 @@ class Turn:
         self.answer: list[str] = []
         self.task: asyncio.Task[None] | None = None
         self._stop_requested = False
+        # Whether another process has sockets on this chat; the first publish finds out, and a
+        # process that joins later says so (``ChatBusListener.on_remote_join``).
+        self.remote_listeners = spec.chat_id is not None
 
     def stop(self) -> None:
         """Cancel the model call; the turn still stores its partial answer as ``stopped``."""
@@ -133,20 +146,22 @@ class TurnRunner:
         self,
         *,
         chats: ChatRepository,
+        bus: ChatBus,
         runtime: GraphRuntime,
         history_turns: int,
         turn_timeout: float,
-        on_finished: Callable[[ChatHub], None],
+        on_finished: Callable[[ChatHub], Awaitable[None]],
     ) -> None:
         self._chats = chats
+        self._bus = bus
         self._runtime = runtime
         self._history_turns = history_turns
         self._turn_timeout = turn_timeout
         self._on_finished = on_finished
         self._compile_cache: dict[bytes, CompiledGraph] = {}
 
-    def start(self, hub: ChatHub, spec: TurnSpec) -> Turn:
-        turn = Turn(hub, spec)
+    def start(self, hub: ChatHub, spec: TurnSpec, turn_id: str | None = None) -> Turn:
+        turn = Turn(hub, spec, turn_id)
         hub.turn = turn
         turn.task = asyncio.get_running_loop().create_task(self._run(turn))
         return turn
@@ -157,17 +172,17 @@ class TurnRunner:
             status, failure = await self._converse(turn)
             answer = "".join(turn.answer)
             if failure is not None:
-                await hub.broadcast(frames.error(ErrorCode.TURN_FAILED, failure))
+                await self._emit(turn, frames.error(ErrorCode.TURN_FAILED, failure))
             try:
                 answer_id = await self._store_answer(turn, answer, status)
             except StoreUnavailable as exc:
                 logger.error("answer of turn %s not stored: %s", turn.id, exc)
-                await hub.broadcast(
-                    frames.error(ErrorCode.TURN_FAILED, "the answer could not be stored")
+                await self._emit(
+                    turn, frames.error(ErrorCode.TURN_FAILED, "the answer could not be stored")
                 )
                 answer_id = None
-            await hub.broadcast(turn.frame("end", answer, message_id=answer_id, status=status))
-            await hub.broadcast(turn.frame("close", ""))
+            await self._emit(turn, turn.frame("end", answer, message_id=answer_id, status=status))
+            await self._emit(turn, turn.frame("close", ""))
             if hub.debug_memory is not None and status is MessageStatus.COMPLETE:
                 hub.debug_memory.append(ModelMessage(role="user", content=spec.text))
                 hub.debug_memory.append(ModelMessage(role="assistant", content=answer))
@@ -178,7 +193,12 @@ class TurnRunner:
             logger.exception("turn %s of chat %s failed", turn.id, spec.chat_id)
         finally:
             hub.turn = None
-            self._on_finished(hub)
+            if spec.chat_id is not None:
+                try:
+                    await self._bus.release_turn(spec.chat_id, turn.id)
+                except StoreUnavailable as exc:  # the claim's TTL frees the chat in the end
+                    logger.error("turn %s of chat %s not released: %s", turn.id, spec.chat_id, exc)
+            await self._on_finished(hub)
 
     async def _converse(self, turn: Turn) -> tuple[MessageStatus, str | None]:
         """Run the flow; the status the answer ends with, and why it failed if it did."""
@@ -186,8 +206,8 @@ class TurnRunner:
         try:
             history = await self._memory(hub, spec)
             turn.question_id = await self._store_question(turn)
-            await hub.broadcast(turn.begin_frame())
-            await hub.broadcast(turn.frame("start", ""))
+            await self._emit(turn, turn.begin_frame())
+            await self._emit(turn, turn.frame("start", ""))
             compiled = self._compiled(spec.graph)
             turn_input = TurnInput(text=spec.text, inputs=spec.inputs, history=history)
             async with (
@@ -196,7 +216,7 @@ class TurnRunner:
             ):
                 async for piece in pieces:
                     turn.answer.append(piece)
-                    await hub.broadcast(turn.frame("stream", piece))
+                    await self._emit(turn, turn.frame("stream", piece))
         except asyncio.CancelledError:
             if not turn._stop_requested:
                 raise
@@ -215,6 +235,16 @@ class TurnRunner:
             logger.warning("turn %s failed: %s", turn.id, exc)
             return MessageStatus.FAILED, "the turn failed"
         return MessageStatus.COMPLETE, None
+
+    async def _emit(self, turn: Turn, data: bytes) -> None:
+        """One frame to every socket of the chat: here, and in the other processes."""
+        await turn.hub.broadcast(data)
+        if turn.remote_listeners and turn.spec.chat_id is not None:
+            try:
+                turn.remote_listeners = await self._bus.publish(turn.spec.chat_id, data)
+            except StoreUnavailable as exc:
+                logger.warning("turn %s: frames stay in this process: %s", turn.id, exc)
+                turn.remote_listeners = False
 
     def _compiled(self, graph: dict[str, Any]) -> CompiledGraph:
         # Chats of one flow share its graph: compile it once, keyed by its content.

@@ -1,0 +1,1 @@
+"""Chat bus adapters: in-process (one server process) and Redis (several)."""
