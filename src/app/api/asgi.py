@@ -21,7 +21,7 @@ from app.infra.sql.config import make_sqlalchemy_config
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
     log_redaction.install()
-    logging.getLogger("app").setLevel(settings.log_level)
+    _configure_logging(settings.log_level)
     # One SQL config for the repositories and for the plugin's `app database ...` commands.
     sql = make_sqlalchemy_config(settings.database_url)
 
@@ -40,3 +40,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         plugins=[SQLAlchemyPlugin(config=sql), FlowgateCLIPlugin()],
         openapi_config=None,
     )
+
+
+def _configure_logging(level: str) -> None:
+    """flowgate's own loggers (``app.*``) write beside uvicorn's, in its format."""
+    logger = logging.getLogger("app")
+    logger.setLevel(level)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)-9s %(name)s: %(message)s"))
+        handler.addFilter(log_redaction.RedactTokens())
+        logger.addHandler(handler)
+        logger.propagate = False
