@@ -1,0 +1,1 @@
+"""flowgate's benchmark: ``python -m bench`` (``make bench``); see bench/README.md."""

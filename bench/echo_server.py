@@ -1,0 +1,39 @@
+"""``python -m bench.echo_server --port P --ws IMPL``: the echo app under flowgate's uvicorn settings.
+
+The keyword arguments mirror ``app run`` (src/app/cli/serve.py) and read the same ``FLOWGATE_*``
+settings, so that both servers differ only in the application.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from app.infra.settings import load_settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ws", default="websockets-sansio")
+    args = parser.parse_args()
+    settings = load_settings()
+    uvicorn.run(
+        "bench.echo_app:app",
+        host="127.0.0.1",
+        port=args.port,
+        workers=1,
+        ws=args.ws,
+        ws_max_size=settings.max_message_size,
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_timeout,
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1",
+        timeout_graceful_shutdown=int(settings.shutdown_grace),
+        log_level=settings.log_level.lower(),
+    )
+
+
+if __name__ == "__main__":
+    main()
