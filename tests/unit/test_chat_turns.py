@@ -270,3 +270,11 @@ async def test_shutdown_lets_running_turns_finish_and_be_stored() -> None:
     await rig.feature.closed(conn)
     await rig.feature.aclose()
     assert (rig.chats.messages[-1].message, rig.chats.messages[-1].status) == ("a b c", "complete")
+
+
+@pytest.mark.parametrize("piece", ["plain ", 'quote " and \\ back', "\x00nul", "中文 ", "\n\t", ""])
+def test_spliced_stream_frames_equal_encoded_ones(piece: str) -> None:
+    from app.domain.chat.turn import TurnFrames
+
+    framer = TurnFrames(flow_id="f", chat_id="c\x00", user_id="u", turn_id="t")
+    assert framer.stream(piece) == framer.frame("stream", piece)

@@ -6,12 +6,12 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar
 
 from app.api import log_redaction
 from app.api.chat_socket import chat_endpoint, feature_endpoint
 from app.api.health import health, ready
+from app.api.sqlalchemy_plugin import SQLAlchemyLifespanPlugin
 from app.bootstrap import build_container
 from app.cli.plugin import FlowgateCLIPlugin
 from app.infra.settings import Settings, load_settings
@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[chat_endpoint, feature_endpoint, health, ready],
         lifespan=[lifespan],
-        plugins=[SQLAlchemyPlugin(config=sql), FlowgateCLIPlugin()],
+        plugins=[SQLAlchemyLifespanPlugin(config=sql), FlowgateCLIPlugin()],
         openapi_config=None,
     )
 

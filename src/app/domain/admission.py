@@ -17,6 +17,8 @@ from app.domain.rejections import Rejected, Rejection
 from app.domain.users import User
 
 CHAT_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: Chat owners remembered per process; the whole map is dropped when full.
+OWNER_CACHE_SIZE = 100_000
 
 
 class TokenSource(StrEnum):
@@ -73,6 +75,7 @@ class AdmissionService:
         self._allowed_origins = allowed_origins
         self._max_connections = max_connections_per_user
         self._open_connections = open_connections
+        self._owners: dict[str, ChatSession] = {}
 
     async def admit(self, request: AdmissionRequest) -> Admission:
         """The admission, or :class:`Rejected` with the first rule that failed."""
@@ -95,10 +98,7 @@ class AdmissionService:
             graph = await self._admit_chat(user, flow, request.chat_id, version_id)
         else:
             graph = await self._admit_debug(user, flow, version_id)
-        if self._open_connections(user.id) >= self._max_connections:
-            raise Rejected(Rejection.TOO_MANY_CONNECTIONS)
-        if request.chat_id is not None:
-            await self._claim_chat(user, flow, request.chat_id)
+            self._check_connection_count(user)
         return Admission(
             user=user,
             flow=flow,
@@ -133,16 +133,36 @@ class AdmissionService:
             if version is None or version.flow_id != flow.id:
                 raise Rejected(Rejection.VERSION_NOT_FOUND)
             graph = version.graph
-        session = await self._chats.get_session(chat_id)
-        if session is not None and not _owns(session, user, flow):
-            raise Rejected(Rejection.FORBIDDEN)
+        await self._check_chat_owner(user, flow, chat_id)
         return graph
 
-    async def _claim_chat(self, user: User, flow: Flow, chat_id: str) -> None:
-        # Two first connections may race for a new id: the store lets exactly one win.
-        mine = ChatSession(chat_id=chat_id, flow_id=flow.id, user_id=user.id)
-        if not _owns(await self._chats.claim_session(mine), user, flow):
+    async def _check_chat_owner(self, user: User, flow: Flow, chat_id: str) -> None:
+        """Rule 4c, then rule 6; a new chat id becomes this user's.
+
+        Ownership never changes once claimed, so it is remembered: a reconnect costs no query.
+        Under the connection limit, the claim itself answers 4c (one statement for a new chat);
+        at the limit, a read decides whether the answer is Forbidden or too many connections.
+        """
+        owner = self._owners.get(chat_id)
+        if owner is None:
+            if self._open_connections(user.id) >= self._max_connections:
+                session = await self._chats.get_session(chat_id)
+                if session is not None and not _owns(session, user, flow):
+                    raise Rejected(Rejection.FORBIDDEN)
+                raise Rejected(Rejection.TOO_MANY_CONNECTIONS)
+            # Two first connections may race for a new id: the store lets exactly one win.
+            mine = ChatSession(chat_id=chat_id, flow_id=flow.id, user_id=user.id)
+            owner = await self._chats.claim_session(mine)
+            if len(self._owners) >= OWNER_CACHE_SIZE:
+                self._owners.clear()
+            self._owners[chat_id] = owner
+        if not _owns(owner, user, flow):
             raise Rejected(Rejection.FORBIDDEN)
+        self._check_connection_count(user)
+
+    def _check_connection_count(self, user: User) -> None:
+        if self._open_connections(user.id) >= self._max_connections:
+            raise Rejected(Rejection.TOO_MANY_CONNECTIONS)
 
     async def _admit_debug(self, user: User, flow: Flow, version_id: int | None) -> Graph:
         if flow.owner_id != user.id and not user.is_admin:

@@ -25,6 +25,10 @@ from app.domain.ports import ChatBus, ChatRepository
 logger = logging.getLogger(__name__)
 
 COMPILE_CACHE_SIZE = 256
+# A string no answer contains (a NUL), to find where ``message`` sits in an encoded frame.
+_SPLICE_MARK = "\x00"
+_ENCODED_SPLICE_MARK = frames.encode(_SPLICE_MARK)
+_encode_str = frames.ENCODER.encode
 
 
 def new_turn_id() -> str:
@@ -59,13 +63,14 @@ class TurnSpec:
 class TurnFrames:
     """Encodes the chat frames of one turn: every field present, the same ``turn_id``."""
 
-    __slots__ = ("chat_id", "flow_id", "turn_id", "user_id")
+    __slots__ = ("_stream_template", "chat_id", "flow_id", "turn_id", "user_id")
 
     def __init__(self, *, flow_id: str, chat_id: str | None, user_id: str, turn_id: str) -> None:
         self.flow_id = flow_id
         self.chat_id = chat_id
         self.user_id = user_id
         self.turn_id = turn_id
+        self._stream_template: tuple[bytes, bytes] | None = None
 
     def frame(
         self,
@@ -91,6 +96,16 @@ class TurnFrames:
                 status=status,
             )
         )
+
+    def stream(self, piece: str) -> bytes:
+        """A ``stream`` frame: only ``message`` differs between them, so the rest is encoded
+        once per turn and each piece is spliced in (the per-piece cost of a streamed answer)."""
+        if self._stream_template is None:
+            template = self.frame("stream", _SPLICE_MARK)
+            before, _, after = template.partition(_ENCODED_SPLICE_MARK)
+            self._stream_template = (before, after)
+        before, after = self._stream_template
+        return before + _encode_str(piece) + after
 
     def begin(self, question: str, question_id: int | None) -> bytes:
         return self.frame(
@@ -204,11 +219,11 @@ class TurnRunner:
         """Run the flow; the status the answer ends with, and why it failed if it did."""
         hub, spec = turn.hub, turn.spec
         try:
-            history = await self._memory(hub, spec)
+            compiled = self._compiled(spec.graph)
+            history = await self._memory(hub, spec) if compiled.reads_history else []
             turn.question_id = await self._store_question(turn)
             await self._emit(turn, turn.begin_frame())
             await self._emit(turn, turn.frame("start", ""))
-            compiled = self._compiled(spec.graph)
             turn_input = TurnInput(text=spec.text, inputs=spec.inputs, history=history)
             async with (
                 asyncio.timeout(self._turn_timeout),
@@ -216,7 +231,7 @@ class TurnRunner:
             ):
                 async for piece in pieces:
                     turn.answer.append(piece)
-                    await self._emit(turn, turn.frame("stream", piece))
+                    await self._emit(turn, turn.framer.stream(piece))
         except asyncio.CancelledError:
             if not turn._stop_requested:
                 raise

@@ -36,6 +36,9 @@ class NodeType(Generic[P]):
     #: The system prompt this node's output should be sent to a model with, if any; the
     #: model nodes it feeds read it as ``incoming.system``.
     system_prompt: Callable[[P], str | None] | None = None
+    #: Whether the node reads ``turn.history``: a turn loads the chat's memory only for a
+    #: graph in which some node does.
+    reads_history: bool = False
 
 
 class NodeRegistry:
@@ -194,9 +197,13 @@ async def _translate(
 CHAT_INPUT_NODE = NodeType(CHAT_INPUT, NoParams, _chat_input)
 CHAT_OUTPUT_NODE = NodeType(CHAT_OUTPUT, NoParams, _chat_output)
 PROMPT_TEMPLATE_NODE = NodeType(
-    "PromptTemplate", PromptTemplateParams, _prompt_template, system_prompt=lambda p: p.system
+    "PromptTemplate",
+    PromptTemplateParams,
+    _prompt_template,
+    system_prompt=lambda p: p.system,
+    reads_history=True,
 )
-CHAT_MODEL_NODE = NodeType("ChatModel", ChatModelParams, _chat_model)
+CHAT_MODEL_NODE = NodeType("ChatModel", ChatModelParams, _chat_model, reads_history=True)
 SCRIPTED_MODEL_NODE = NodeType("ScriptedModel", ScriptedModelParams, _scripted_model)
 TRANSLATE_NODE = NodeType("Translate", TranslateParams, _translate)
 

@@ -41,6 +41,10 @@ class CompiledGraph:
     nodes: tuple[CompiledNode, ...]
     output_id: str
 
+    @property
+    def reads_history(self) -> bool:
+        return any(node.type.reads_history for node in self.nodes)
+
 
 class GraphRuntime:
     def __init__(self, registry: NodeRegistry, services: RuntimeServices) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
@@ -10,15 +10,22 @@ from redis.backoff import ExponentialWithJitterBackoff
 CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 5.0
 HEALTH_CHECK_INTERVAL = 30
+#: Connections per process. Past this, a command waits for a free one (up to the command
+#: timeout) instead of failing: redis-py's default pool raises at its limit, which turned a
+#: burst of 100 simultaneous turns into refused turns.
+MAX_CONNECTIONS = 64
 
 
 def make_redis(url: str) -> Redis:
     """A client for ``redis://host:port/db``. Close it with ``await client.aclose()``."""
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=COMMAND_TIMEOUT,
         socket_connect_timeout=CONNECT_TIMEOUT,
         socket_timeout=COMMAND_TIMEOUT,
         health_check_interval=HEALTH_CHECK_INTERVAL,
         # One quick retry survives a pooled connection the server closed while idle.
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1),
     )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes both

@@ -119,22 +119,25 @@ class SqlChatRepository:
             return None if row is None else _chat_session(row)
 
     async def claim_session(self, session: ChatSession) -> ChatSession:
-        """INSERT ... ON CONFLICT DO NOTHING, then read back whoever won.
+        """INSERT ... ON CONFLICT DO NOTHING RETURNING; a SELECT only when someone else won.
 
-        The database arbitrates, so this is atomic across processes, not just tasks.
+        The database arbitrates, so this is atomic across processes, not just tasks, and a new
+        chat (the common case) costs one statement.
         """
+        columns = (ChatSessionRow.chat_id, ChatSessionRow.flow_id, ChatSessionRow.user_id)
         async with unit_of_work(self._sessions) as db:
             claim = (
                 insert_for(db, ChatSessionRow)
                 .values(chat_id=session.chat_id, flow_id=session.flow_id, user_id=session.user_id)
                 .on_conflict_do_nothing(index_elements=["chat_id"])
+                .returning(*columns)
             )
-            await db.execute(claim)
-            winner = await _ChatSessionRows(session=db).get_one(
-                ChatSessionRow.chat_id == session.chat_id
-            )
+            row = (await db.execute(claim)).first()
+            if row is None:
+                found = select(*columns).where(ChatSessionRow.chat_id == session.chat_id)
+                row = (await db.execute(found)).one()
             await db.commit()
-            return _chat_session(winner)
+            return ChatSession(chat_id=row[0], flow_id=row[1], user_id=row[2])
 
     async def add_message(self, message: NewMessage) -> ChatMessage:
         row = ChatMessageRow(
