@@ -9,18 +9,23 @@ Build one from the config's session maker::
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import cast
 
 from advanced_alchemy.filters import LimitOffset
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.expression import Executable
 
 from app.domain.chats import Category, ChatMessage, ChatSession, MessageStatus, NewMessage
 from app.domain.errors import NotFound
 from app.domain.flows import Flow, FlowStatus, FlowVersion, Graph
 from app.infra.sql.models import ChatMessageRow, ChatSessionRow, FlowRow, FlowVersionRow
-from app.infra.sql.sessions import SessionMaker, insert_for, unit_of_work
+from app.infra.sql.sessions import SessionMaker, unit_of_work
 
 
 class _FlowRows(SQLAlchemyAsyncRepository[FlowRow]):
@@ -122,20 +127,20 @@ class SqlChatRepository:
         """INSERT ... ON CONFLICT DO NOTHING RETURNING; a SELECT only when someone else won.
 
         The database arbitrates, so this is atomic across processes, not just tasks, and a new
-        chat (the common case) costs one statement.
+        chat (the common case) costs one statement. The statements are Core, built once per
+        dialect: SQLAlchemy then compiles them once, where the ORM form compiled every call.
         """
-        columns = (ChatSessionRow.chat_id, ChatSessionRow.flow_id, ChatSessionRow.user_id)
+        values = {
+            "chat_id": session.chat_id,
+            "flow_id": session.flow_id,
+            "user_id": session.user_id,
+            "created_at": datetime.now(UTC),
+        }
         async with unit_of_work(self._sessions) as db:
-            claim = (
-                insert_for(db, ChatSessionRow)
-                .values(chat_id=session.chat_id, flow_id=session.flow_id, user_id=session.user_id)
-                .on_conflict_do_nothing(index_elements=["chat_id"])
-                .returning(*columns)
-            )
-            row = (await db.execute(claim)).first()
+            claim, find = _claim_statements(db.get_bind().dialect.name)
+            row = (await db.execute(claim, values)).first()
             if row is None:
-                found = select(*columns).where(ChatSessionRow.chat_id == session.chat_id)
-                row = (await db.execute(found)).one()
+                row = (await db.execute(find, values)).one()
             await db.commit()
             return ChatSession(chat_id=row[0], flow_id=row[1], user_id=row[2])
 
@@ -227,3 +232,18 @@ def _message(row: ChatMessageRow) -> ChatMessage:
         status=None if row.status is None else MessageStatus(row.status),
         client_msg_id=row.client_msg_id,
     )
+
+
+@functools.cache
+def _claim_statements(dialect: str) -> tuple[Executable, Executable]:
+    table = cast(Table, ChatSessionRow.__table__)
+    columns = (table.c.chat_id, table.c.flow_id, table.c.user_id)
+    insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+    claim = (
+        insert(table)
+        .values({column.name: bindparam(column.name, type_=column.type) for column in table.c})
+        .on_conflict_do_nothing(index_elements=["chat_id"])
+        .returning(*columns)
+    )
+    find = select(*columns).where(table.c.chat_id == bindparam("chat_id"))
+    return claim, find
