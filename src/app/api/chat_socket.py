@@ -7,12 +7,12 @@ received frame to the domain's dispatcher. No polling: the loop waits on ``recei
 from __future__ import annotations
 
 import logging
+from urllib.parse import parse_qsl
 
 from litestar import WebSocket, websocket
-from litestar.datastructures import State
 
 from app.bootstrap import Container
-from app.domain.admission import AdmissionRequest, TokenSource
+from app.domain.admission import Admission, AdmissionRequest, TokenSource
 from app.domain.connection import Connection
 from app.domain.dispatcher import FrameDispatcher
 from app.domain.rejections import Rejected, Rejection
@@ -20,6 +20,7 @@ from app.domain.rejections import Rejected, Rejection
 logger = logging.getLogger(__name__)
 
 TOKEN_COOKIE = "access_token_cookie"
+_QUERY_KEYS = frozenset(("t", "chat_id", "version_id"))
 
 
 class SocketTransport:
@@ -37,11 +38,14 @@ class SocketTransport:
 
 
 def _admission_request(socket: WebSocket, flow_id: str, feature: str) -> AdmissionRequest:  # type: ignore[type-arg]
-    query = socket.query_params
+    # Straight from the ASGI scope, parsed for this call only: Litestar's ``query_params`` and
+    # ``headers`` would cache the parsed query (the token included) and a header multidict in
+    # the connection's scope for as long as the socket lives.
+    query = _query(socket.scope.get("query_string", b""))
     token: str | None = query.get("t") or None
     source: TokenSource | None = TokenSource.QUERY if token else None
     if token is None:
-        authorization = socket.headers.get("authorization", "")
+        authorization = _header(socket, b"authorization") or ""
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
             token, source = credentials.strip(), TokenSource.HEADER
@@ -52,18 +56,45 @@ def _admission_request(socket: WebSocket, flow_id: str, feature: str) -> Admissi
         feature=feature,
         token=token,
         token_source=source,
-        origin=socket.headers.get("origin"),
+        origin=_header(socket, b"origin"),
         chat_id=query.get("chat_id"),
         version_id=query.get("version_id"),
     )
 
 
-async def serve(socket: WebSocket, flow_id: str, feature_name: str, container: Container) -> None:  # type: ignore[type-arg]
-    settings = container.settings
-    await socket.accept()
-    request = _admission_request(socket, flow_id, feature_name)
+def _query(query_string: bytes) -> dict[str, str]:
+    """The first value of each query parameter that admission reads (as Litestar parses it)."""
+    found: dict[str, str] = {}
+    for key, value in parse_qsl(
+        query_string.decode("latin-1"), keep_blank_values=True, separator="&"
+    ):
+        if key in _QUERY_KEYS and key not in found:
+            found[key] = value
+    return found
+
+
+def _header(socket: WebSocket, name: bytes) -> str | None:  # type: ignore[type-arg]
+    """The first value of a request header (names compared case-insensitively)."""
+    for key, value in socket.scope["headers"]:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def _admit(
+    socket: WebSocket,  # type: ignore[type-arg]
+    flow_id: str,
+    feature_name: str,
+    container: Container,
+) -> Admission | None:
+    """The admission, or None once the socket is closed with the reason.
+
+    A coroutine of its own, so that the request (and its raw token) is gone with its frame
+    once admitted, instead of living in :func:`serve`'s frame as long as the socket.
+    """
+    locale = container.settings.locale
     try:
-        admission = await container.admission.admit(request)
+        return await container.admission.admit(_admission_request(socket, flow_id, feature_name))
     except Rejected as rejected:
         logger.info(
             "refused %s for flow %s: %s (%s)",
@@ -72,13 +103,24 @@ async def serve(socket: WebSocket, flow_id: str, feature_name: str, container: C
             rejected.rejection.name,
             rejected,
         )
-        await _close(socket, rejected.rejection, settings.locale)
-        return
+        await _close(socket, rejected.rejection, locale)
     except Exception:
         logger.exception("admission failed unexpectedly for flow %s", flow_id)
-        await _close(socket, Rejection.INTERNAL, settings.locale)
-        return
+        await _close(socket, Rejection.INTERNAL, locale)
+    return None
 
+
+async def serve(socket: WebSocket, flow_id: str, feature_name: str, container: Container) -> None:  # type: ignore[type-arg]
+    """Accept, admit, then receive until the socket closes.
+
+    The receive loop is inline (not a coroutine of its own): each idle socket keeps every
+    frame of its await chain alive, so one frame fewer is memory saved per connection.
+    """
+    await socket.accept()
+    admission = await _admit(socket, flow_id, feature_name, container)
+    if admission is None:
+        return
+    settings = container.settings
     feature = container.features.get(feature_name)
     assert feature is not None  # admission checked it
     connection = Connection(admission, SocketTransport(socket), settings.locale)
@@ -88,7 +130,17 @@ async def serve(socket: WebSocket, flow_id: str, feature_name: str, container: C
     container.connections.add(connection)
     try:
         await feature.opened(connection)
-        await _receive_loop(socket, connection, dispatcher, settings.max_message_size)
+        max_message_size = settings.max_message_size
+        while not connection.closed:
+            event = await socket.receive()
+            if event["type"] != "websocket.receive":
+                connection.closed = True
+                break
+            data = event.get("text") or event.get("bytes") or b""
+            if len(data) > max_message_size:
+                await connection.close(Rejection.MESSAGE_TOO_BIG)
+                break
+            await dispatcher.dispatch(data)
     except Exception:
         logger.exception("connection %s failed", connection.id)
         await connection.close(Rejection.INTERNAL)
@@ -98,33 +150,19 @@ async def serve(socket: WebSocket, flow_id: str, feature_name: str, container: C
         await feature.closed(connection)
 
 
-async def _receive_loop(
-    socket: WebSocket,  # type: ignore[type-arg]
-    connection: Connection,
-    dispatcher: FrameDispatcher,
-    max_message_size: int,
-) -> None:
-    while not connection.closed:
-        event = await socket.receive()
-        if event["type"] != "websocket.receive":
-            connection.closed = True
-            return
-        data = event.get("text") or event.get("bytes") or b""
-        if len(data) > max_message_size:
-            await connection.close(Rejection.MESSAGE_TOO_BIG)
-            return
-        await dispatcher.dispatch(data)
-
-
 async def _close(socket: WebSocket, rejection: Rejection, locale: str) -> None:  # type: ignore[type-arg]
     await socket.close(code=rejection.code, reason=rejection.reason(locale))
 
 
+# The container comes from the app, not from an injected ``state: State`` parameter, for which
+# Litestar would build a State (and its RLock) per connection, kept as long as the socket.
+
+
 @websocket("/api/v1/chat/{flow_id:str}")
-async def chat_endpoint(socket: WebSocket, flow_id: str, state: State) -> None:  # type: ignore[type-arg]
-    await serve(socket, flow_id, "chat", state.container)
+async def chat_endpoint(socket: WebSocket, flow_id: str) -> None:  # type: ignore[type-arg]
+    await serve(socket, flow_id, "chat", socket.app.state.container)
 
 
 @websocket("/api/v1/chat/{flow_id:str}/{feature:str}")
-async def feature_endpoint(socket: WebSocket, flow_id: str, feature: str, state: State) -> None:  # type: ignore[type-arg]
-    await serve(socket, flow_id, feature, state.container)
+async def feature_endpoint(socket: WebSocket, flow_id: str, feature: str) -> None:  # type: ignore[type-arg]
+    await serve(socket, flow_id, feature, socket.app.state.container)

@@ -8,8 +8,13 @@ feature. A frame that cannot be served gets an ``error`` frame and the connectio
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
+import math
 import time
+import weakref
+from typing import ClassVar
 
 import msgspec
 
@@ -27,32 +32,26 @@ _PING_DECODER = msgspec.json.Decoder(frames.PingRequest)
 _AUTH_DECODER = msgspec.json.Decoder(frames.AuthRequest)
 
 
-class RateLimiter:
-    """A token bucket: ``rate`` frames a second on average, bursts of up to ``rate`` frames."""
-
-    __slots__ = ("_allowance", "_capacity", "_checked", "_rate")
-
-    def __init__(self, rate: float) -> None:
-        self._rate = rate
-        self._capacity = max(rate, 1.0)
-        self._allowance = self._capacity
-        self._checked = time.monotonic()
-
-    def retry_after(self) -> float:
-        """0 if a frame may pass now (and count it), else the seconds until one may."""
-        now = time.monotonic()
-        self._allowance = min(self._capacity, self._allowance + (now - self._checked) * self._rate)
-        self._checked = now
-        if self._allowance >= 1.0:
-            self._allowance -= 1.0
-            return 0.0
-        return round((1.0 - self._allowance) / self._rate, 3)
-
-
 class FrameDispatcher:
-    """Per connection: rate limit, decode, route, and the token's expiry timer."""
+    """Per connection: rate limit, decode, route, and the token's expiry timer.
 
-    __slots__ = ("_connection", "_expiry", "_feature", "_limiter", "_verifier")
+    The rate limit is a token bucket: ``rate`` frames a second on average, bursts of up to
+    ``rate`` frames. Its state lives in the dispatcher's own slots and the expiry is an entry
+    of the loop's shared :class:`_ExpiryTimers`, not a timer handle per connection: an idle
+    connection is kept in memory for as long as it is open, so every object it holds counts.
+    """
+
+    __slots__ = (
+        "_allowance",
+        "_capacity",
+        "_checked",
+        "_connection",
+        "_expiry",
+        "_feature",
+        "_rate",
+        "_timers",
+        "_verifier",
+    )
 
     def __init__(
         self,
@@ -64,13 +63,27 @@ class FrameDispatcher:
         self._connection = connection
         self._feature = feature
         self._verifier = verifier
-        self._limiter = RateLimiter(messages_per_second)
-        self._expiry: asyncio.TimerHandle | None = None
+        self._rate = messages_per_second
+        self._capacity = max(messages_per_second, 1.0)
+        self._allowance = self._capacity
+        self._checked = time.monotonic()
+        self._expiry: _Entry | None = None
+        self._timers: _ExpiryTimers
         self._arm_expiry()
+
+    def retry_after(self) -> float:
+        """0 if a frame may pass now (and count it), else the seconds until one may."""
+        now = time.monotonic()
+        self._allowance = min(self._capacity, self._allowance + (now - self._checked) * self._rate)
+        self._checked = now
+        if self._allowance >= 1.0:
+            self._allowance -= 1.0
+            return 0.0
+        return round((1.0 - self._allowance) / self._rate, 3)
 
     async def dispatch(self, raw: bytes | str) -> None:
         connection = self._connection
-        retry_after = self._limiter.retry_after()
+        retry_after = self.retry_after()
         if retry_after:
             await connection.send(
                 frames.error(ErrorCode.RATE_LIMITED, "too many messages", retry_after)
@@ -100,8 +113,8 @@ class FrameDispatcher:
 
     def stop(self) -> None:
         if self._expiry is not None:
-            self._expiry.cancel()
             self._expiry = None
+            self._timers.cancel()
 
     async def _reauthenticate(self, token: str) -> None:
         connection = self._connection
@@ -118,14 +131,13 @@ class FrameDispatcher:
         self._arm_expiry()
 
     def _arm_expiry(self) -> None:
-        # A timer handle, not a task: an idle connection costs no scheduled work until then.
         self.stop()
         expires_at = self._connection.user.expires_at
         if expires_at is None:
             return
-        loop = asyncio.get_running_loop()
         delay = max(0.0, expires_at - time.time())
-        self._expiry = loop.call_later(delay, self._expire)
+        self._timers = _ExpiryTimers.of_running_loop()
+        self._expiry = self._timers.add(delay, self)
 
     def _expire(self) -> None:
         self._expiry = None
@@ -134,6 +146,83 @@ class FrameDispatcher:
         )
         _background.add(task)
         task.add_done_callback(_background.discard)
+
+
+# (loop time when due, sequence number, dispatcher): by time, then in the order added.
+_Entry = tuple[float, int, FrameDispatcher]
+
+
+class _ExpiryTimers:
+    """The token expiries of one event loop's connections: a heap and one loop timer.
+
+    The timer is set for the earliest entry. A cancelled entry stays in the heap (a dispatcher
+    knows its live entry by identity) until it is due or until cancelled entries outnumber the
+    live ones, when the heap is rebuilt without them, so closed connections are not kept.
+    """
+
+    __slots__ = ("__weakref__", "_cancelled", "_due", "_heap", "_loop", "_sequence", "_timer")
+
+    _of_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ExpiryTimers]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._heap: list[_Entry] = []
+        self._cancelled = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = math.inf
+        self._sequence = itertools.count()
+
+    @classmethod
+    def of_running_loop(cls) -> _ExpiryTimers:
+        loop = asyncio.get_running_loop()
+        timers = cls._of_loop.get(loop)
+        if timers is None:
+            timers = cls._of_loop[loop] = cls(loop)
+        return timers
+
+    def add(self, delay: float, dispatcher: FrameDispatcher) -> _Entry:
+        entry = (self._loop.time() + delay, next(self._sequence), dispatcher)
+        heapq.heappush(self._heap, entry)
+        if entry[0] < self._due:
+            self._set_timer(entry[0])
+        return entry
+
+    def cancel(self) -> None:
+        """One entry cancelled: it stays in the heap, but its dispatcher no longer points at it."""
+        self._cancelled += 1
+        heap = self._heap
+        if self._cancelled == len(heap) or (
+            self._cancelled > 32 and 2 * self._cancelled > len(heap)
+        ):
+            heap[:] = [e for e in heap if e[2]._expiry is e]
+            heapq.heapify(heap)
+            self._cancelled = 0
+            if not heap and self._timer is not None:
+                self._timer.cancel()
+                self._timer, self._due = None, math.inf
+
+    def _set_timer(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._due = when
+        self._timer = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._due = None, math.inf
+        heap = self._heap
+        # A loop timer may run a little before its time: what is due within 1 ms goes now.
+        now = self._loop.time() + 0.001
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            dispatcher = entry[2]
+            if dispatcher._expiry is entry:
+                dispatcher._expire()
+            elif self._cancelled:
+                self._cancelled -= 1
+        if heap:
+            self._set_timer(heap[0][0])
 
 
 # Keeps the one-shot close tasks referenced until they finish (asyncio holds only weak refs).

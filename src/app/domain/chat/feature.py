@@ -59,7 +59,9 @@ class ChatFeature(Feature):
         self._bus = bus
         self._turn_timeout = turn_timeout
         self._shutdown_grace = shutdown_grace
-        self._hubs: dict[str, ChatHub] = {}
+        # A chat's hub under its chat id (the string the admission holds: no key of its own),
+        # a debug connection's under the connection's id, an int: the two never collide.
+        self._hubs: dict[str | int, ChatHub] = {}
         bus.attach(self)
         self._turns = TurnRunner(
             chats=chats,
@@ -86,13 +88,13 @@ class ChatFeature(Feature):
                         connection.chat_id,
                         exc,
                     )
-        hub.connections.add(connection)
+        hub.add(connection)
 
     async def closed(self, connection: Connection) -> None:
         hub = self._hubs.get(_hub_key(connection))
         if hub is None:
             return
-        hub.connections.discard(connection)
+        hub.discard(connection)
         # A debug turn has nobody left to watch it and stores nothing: end it.
         if not hub.connections and hub.debug_memory is not None and hub.turn is not None:
             if hub.turn.task is not None:
@@ -119,26 +121,26 @@ class ChatFeature(Feature):
     async def _forget_if_idle(self, hub: ChatHub) -> None:
         if hub.idle and self._hubs.get(hub.key) is hub:
             del self._hubs[hub.key]
-            if hub.debug_memory is None:
+            if isinstance(hub.key, str):  # a chat's, not a debug connection's
                 try:
-                    await self._bus.leave(hub.key.removeprefix("chat:"))
+                    await self._bus.leave(hub.key)
                 except StoreUnavailable as exc:
-                    logger.warning("chat bus: leaving %s failed: %s", hub.key, exc)
+                    logger.warning("chat bus: leaving chat %s failed: %s", hub.key, exc)
 
     # -- what other processes say (ChatBusListener) ------------------------------------------
 
     async def on_remote_frame(self, chat_id: str, frame: bytes) -> None:
-        hub = self._hubs.get(f"chat:{chat_id}")
+        hub = self._hubs.get(chat_id)
         if hub is not None:
             await hub.broadcast(frame)
 
     def on_remote_stop(self, chat_id: str) -> None:
-        hub = self._hubs.get(f"chat:{chat_id}")
+        hub = self._hubs.get(chat_id)
         if hub is not None and hub.turn is not None:
             hub.turn.stop()
 
     def on_remote_join(self, chat_id: str) -> None:
-        hub = self._hubs.get(f"chat:{chat_id}")
+        hub = self._hubs.get(chat_id)
         if hub is not None and hub.turn is not None:
             hub.turn.remote_listeners = True
 
@@ -279,9 +281,9 @@ class ChatFeature(Feature):
                 await connection.send(turn.frame("stream", "".join(turn.answer)))
 
 
-def _hub_key(connection: Connection) -> str:
+def _hub_key(connection: Connection) -> str | int:
     chat_id = connection.chat_id
-    return f"chat:{chat_id}" if chat_id is not None else f"debug:{connection.id}"
+    return chat_id if chat_id is not None else connection.id
 
 
 def _history_frame(messages: Sequence[ChatMessage], limit: int) -> bytes:
