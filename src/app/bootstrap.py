@@ -31,6 +31,7 @@ from app.domain.ports import (
     Translator,
 )
 from app.domain.registry import ConnectionRegistry
+from app.domain.rejections import Rejection
 from app.infra.auth import JWTVerifier
 from app.infra.bus.memory import InProcessChatBus
 from app.infra.cache import CachedFlowRepository
@@ -68,6 +69,8 @@ class Container:
     admission: AdmissionService
     checks: dict[str, Callable[[], Awaitable[object]]] = field(default_factory=dict)
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
+    #: Set on SIGTERM: new connections are refused with 1012 ``service restart``.
+    draining: bool = False
 
     async def check_stores(self) -> dict[str, bool]:
         """Whether each backing store answers, for ``GET /ready``."""
@@ -81,6 +84,16 @@ class Container:
                 logger.warning("readiness: %s does not answer: %s", name, exc)
                 results[name] = False
         return results
+
+    async def drain(self) -> None:
+        """Stop admitting, let running work finish (the grace period), then close every socket
+        with 1012 ``service restart``: clients reconnect, to another process, and ``resume``."""
+        self.draining = True
+        grace = self.settings.shutdown_grace
+        await asyncio.gather(*(feature.drain(grace) for feature in self.features))
+        await asyncio.gather(
+            *(connection.close(Rejection.SERVICE_RESTART) for connection in self.connections)
+        )
 
     async def aclose(self) -> None:
         for feature in self.features:

@@ -11,6 +11,7 @@ from litestar import Litestar
 
 from app.api import log_redaction
 from app.api.chat_socket import chat_endpoint, feature_endpoint
+from app.api.graceful_shutdown import GracefulShutdown
 from app.api.health import health, ready
 from app.bootstrap import build_container
 from app.cli.plugin import FlowgateCLIPlugin
@@ -29,9 +30,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         container = await build_container(settings, sql)
         app.state.container = container
+        shutdown = GracefulShutdown(container.drain)
+        shutdown.install()
         try:
             yield
         finally:
+            shutdown.uninstall()
             await container.aclose()
 
     app = Litestar(

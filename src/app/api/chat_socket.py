@@ -117,6 +117,9 @@ async def serve(socket: WebSocket, flow_id: str, feature_name: str, container: C
     frame of its await chain alive, so one frame fewer is memory saved per connection.
     """
     await socket.accept()
+    if container.draining:  # SIGTERM: this process is going; the client retries elsewhere
+        await _close(socket, Rejection.SERVICE_RESTART, container.settings.locale)
+        return
     admission = await _admit(socket, flow_id, feature_name, container)
     if admission is None:
         return

@@ -101,6 +101,12 @@ class ChatFeature(Feature):
                 hub.turn.task.cancel()
         await self._forget_if_idle(hub)
 
+    async def drain(self, timeout: float) -> None:
+        """Running turns get ``timeout`` seconds to finish and be stored, sockets still open."""
+        running = self.running_turns()
+        if running:
+            await asyncio.wait(running, timeout=timeout)
+
     async def aclose(self) -> None:
         """On shutdown: let running turns finish and be stored for a grace period, then cancel."""
         running = self.running_turns()

@@ -56,6 +56,9 @@ class Feature(ABC):
     async def closed(self, connection: Connection) -> None:
         """Called once when the connection has gone, whatever the reason."""
 
+    async def drain(self, timeout: float) -> None:
+        """Called on SIGTERM, before the sockets close: finish running work within ``timeout``."""
+
     async def aclose(self) -> None:
         """Called on shutdown, after every connection has closed."""
 
