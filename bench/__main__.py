@@ -1,6 +1,6 @@
 """``python -m bench``: run the scenarios against flowgate and the bare echo app, print the table.
 
-    python -m bench                                  # everything (make bench), ~10 minutes
+    python -m bench                                  # everything (make bench), ~7 minutes
     python -m bench --scenarios B1,B3 --repeats 3 --backend embedded
     python -m bench --quick                          # smaller loads, one repeat: a smoke test
     python -m bench --scenarios B1 --backend pg --profile   # py-spy profiles of flowgate
