@@ -18,14 +18,13 @@ from typing import cast
 from advanced_alchemy.filters import LimitOffset
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from sqlalchemy import Table, bindparam, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.expression import Executable
 
 from app.domain.chats import Category, ChatMessage, ChatSession, MessageStatus, NewMessage
 from app.domain.errors import NotFound
 from app.domain.flows import Flow, FlowStatus, FlowVersion, Graph
 from app.infra.sql.models import ChatMessageRow, ChatSessionRow, FlowRow, FlowVersionRow
-from app.infra.sql.sessions import SessionMaker, unit_of_work
+from app.infra.sql.sessions import SessionMaker, dialect_insert, unit_of_work
 
 
 class _FlowRows(SQLAlchemyAsyncRepository[FlowRow]):
@@ -254,7 +253,7 @@ def _message(row: ChatMessageRow) -> ChatMessage:
 def _claim_statements(dialect: str) -> tuple[Executable, Executable]:
     table = cast(Table, ChatSessionRow.__table__)
     columns = (table.c.chat_id, table.c.flow_id, table.c.user_id)
-    insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+    insert = dialect_insert(dialect)
     claim = (
         insert(table)
         .values({column.name: bindparam(column.name, type_=column.type) for column in table.c})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import exc as sa_exc
@@ -53,12 +54,16 @@ def insert_for(
     session: AsyncSession, model: type[DeclarativeBase]
 ) -> sqlite.Insert | postgresql.Insert:
     """An INSERT with ``on_conflict_do_*`` for the session's dialect (SQLite or PostgreSQL)."""
-    dialect = session.get_bind().dialect.name
+    return dialect_insert(session.get_bind().dialect.name)(model)
+
+
+def dialect_insert(dialect: str) -> Callable[[Any], sqlite.Insert | postgresql.Insert]:
+    """The ``insert`` construct of a dialect flowgate supports, with ``on_conflict_do_*``."""
     if dialect == "sqlite":
-        return sqlite.insert(model)
+        return sqlite.insert
     if dialect == "postgresql":
-        return postgresql.insert(model)
-    raise NotImplementedError(f"flowgate supports SQLite and PostgreSQL, not {dialect}")
+        return postgresql.insert
+    raise ValueError(f"flowgate supports SQLite and PostgreSQL databases, not {dialect}")
 
 
 def _connection_failure(exc: BaseException) -> BaseException | None:
