@@ -77,18 +77,18 @@ class ChatFeature(Feature):
     async def opened(self, connection: Connection) -> None:
         key = _hub_key(connection)
         hub = self._hubs.get(key)
+        joining = hub is None and connection.chat_id is not None
         if hub is None:
             hub = self._hubs[key] = ChatHub(key, debug=connection.chat_id is None)
-            if connection.chat_id is not None:
-                try:
-                    await self._bus.join(connection.chat_id)
-                except StoreUnavailable as exc:
-                    logger.error(
-                        "chat %s: other processes' frames will not arrive: %s",
-                        connection.chat_id,
-                        exc,
-                    )
+        # In the hub before any await: a hub without connections may be forgotten meanwhile.
         hub.add(connection)
+        if joining and connection.chat_id is not None:
+            try:
+                await self._bus.join(connection.chat_id)
+            except StoreUnavailable as exc:
+                logger.error(
+                    "chat %s: other processes' frames will not arrive: %s", connection.chat_id, exc
+                )
 
     async def closed(self, connection: Connection) -> None:
         hub = self._hubs.get(_hub_key(connection))
