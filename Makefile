@@ -3,6 +3,9 @@
 
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV_LINK_MODE := copy
+# Bytecode compiled once at install: with PYTHONDONTWRITEBYTECODE set (as on CI machines) every
+# process would otherwise compile ~1,400 modules again, seconds per CLI command.
+export UV_COMPILE_BYTECODE := 1
 
 .PHONY: install run test bench lint services
 
@@ -11,6 +14,7 @@ $(UV):
 
 install: $(UV)
 	$(UV) sync --quiet
+	$(UV) run --quiet python -m compileall -q src
 
 run: install
 	$(UV) run app database upgrade --no-prompt
