@@ -92,6 +92,18 @@ class Settings:
     libretranslate_api_key: str | None = field(repr=False)
     llm: LLMSettings
     log_level: str
+    #: Seconds a running turn's claim on its chat lives unless renewed (renewed every third).
+    turn_lease: float = 5.0
+    #: Seconds a turn's frames stay in the turn log after it ended (for ``resume``).
+    turn_log_ttl: int = 600
+    #: Seconds flowgate keeps retrying to store a message while the database is away.
+    store_retry: float = 30.0
+    #: Bytes of frames a connection may have waiting to be written before it is closed 4008.
+    send_buffer: int = 1 << 20
+    #: Use redis-py's cluster client and sharded pub/sub.
+    redis_cluster: bool = False
+    #: ``json`` or ``console``.
+    log_format: str = "console"
 
     @property
     def is_development(self) -> bool:
@@ -183,4 +195,11 @@ def load_settings() -> Settings:
             timeout=_float("LLM_TIMEOUT", 30.0),
         ),
         log_level=_env("LOG_LEVEL", "INFO") or "INFO",
+        turn_lease=_float("TURN_LEASE", 5.0),
+        turn_log_ttl=_int("TURN_LOG_TTL", 600),
+        store_retry=_float("STORE_RETRY", 30.0),
+        send_buffer=_int("SEND_BUFFER", 1 << 20),
+        redis_cluster=(_env("REDIS_CLUSTER", "false") or "false").lower() in ("1", "true", "yes"),
+        log_format=_env("LOG_FORMAT", "console" if environment == "development" else "json")
+        or "console",
     )
