@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         container = await build_container(settings, sql)
         app.state.container = container
+        await container.start()
         shutdown = GracefulShutdown(container.drain)
         shutdown.install()
         try:
