@@ -10,6 +10,7 @@ from advanced_alchemy.extensions.litestar import SQLAlchemyInitPlugin
 from litestar import Litestar
 
 from app.api import log_redaction
+from app.api.asyncapi import asyncapi_json
 from app.api.chat_socket import chat_endpoint, feature_endpoint
 from app.api.graceful_shutdown import GracefulShutdown
 from app.api.health import health, ready
@@ -40,7 +41,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await container.aclose()
 
     app = Litestar(
-        route_handlers=[chat_endpoint, feature_endpoint, health, ready],
+        route_handlers=[chat_endpoint, feature_endpoint, health, ready, asyncapi_json],
         lifespan=[lifespan],
         # advanced-alchemy's plugin for the engine's lifespan and `app database ...`.
         plugins=[SQLAlchemyInitPlugin(config=sql), FlowgateCLIPlugin()],

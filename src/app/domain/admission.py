@@ -168,9 +168,7 @@ class AdmissionService:
         await self._check_chat_owner(user, flow, chat_id, counted)
         return graph
 
-    async def _check_chat_owner(
-        self, user: User, flow: Flow, chat_id: str, counted: bool
-    ) -> None:
+    async def _check_chat_owner(self, user: User, flow: Flow, chat_id: str, counted: bool) -> None:
         """Rule 4c, then rule 6; a new chat id becomes this user's at once (one statement).
 
         Ownership never changes once claimed, so it is remembered: a reconnect costs no query.

@@ -9,7 +9,9 @@ connection, which is the socket's single writer and its send policy:
   queued and a writer task, made only while frames wait, writes them in order. A turn is never
   slowed by a socket.
 - What waits is bounded (``send_buffer`` bytes): a client that falls that far behind is closed
-  with 4008 ``slow consumer``; it reconnects and resumes.
+  with 4008 ``slow consumer``; it reconnects and resumes. Only a client that holds the writer
+  up counts as behind: frames a turn produced faster than the loop ran the writer (a burst)
+  are the turn's pace, not the client's.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 from app.domain.admission import Admission
 from app.domain.rejections import Rejection
@@ -48,6 +51,7 @@ class Connection:
         "_limit",
         "_queue",
         "_queued",
+        "_sending",
         "_writer",
         "admission",
         "closed",
@@ -80,6 +84,8 @@ class Connection:
         self._limit = send_buffer
         self._queue: deque[bytes] | None = None
         self._queued = 0
+        #: The writer is inside a send that did not complete at once (the socket pushes back).
+        self._sending = False
         self._writer: asyncio.Task[None] | None = None
 
     @property
@@ -122,7 +128,7 @@ class Connection:
             return
         queue.append(data)
         self._queued += len(data)
-        if self._queued > self._limit:
+        if self._queued > self._limit and self._sending:
             self._fell_behind()
 
     async def close(self, rejection: Rejection) -> None:
@@ -149,12 +155,15 @@ class Connection:
             while queue:
                 data = queue.popleft()
                 self._queued -= len(data)
+                self._sending = True
                 await self.transport.send(data)
+                self._sending = False
         except asyncio.CancelledError:
             raise
         except Exception:  # the peer went away
             self._gone()
         finally:
+            self._sending = False
             if self._queue is queue and not queue:
                 self._queue = None
             self._writer = None
@@ -185,7 +194,7 @@ class Connection:
 _background: set[asyncio.Task[None]] = set()
 
 
-def _in_background(coroutine: object) -> None:
-    task = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
+def _in_background(coroutine: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(coroutine)
     _background.add(task)
     task.add_done_callback(_background.discard)

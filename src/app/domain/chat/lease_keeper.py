@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from app.domain.errors import StoreUnavailable
 from app.domain.ports import TurnLease, TurnLog
@@ -85,7 +86,7 @@ class LeaseKeeper:
         except StoreUnavailable as exc:  # it lapses on its own within the lease time
             logger.warning("chat %s: lease not released: %s", chat_id, exc)
 
-    def _in_background(self, coroutine: object) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
+    def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

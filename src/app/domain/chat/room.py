@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
@@ -533,10 +534,11 @@ class ChatRoom:
 
     async def _fill_gap(self, view: TurnView) -> None:
         for attempt in range(GAP_RETRIES):
-            logged = await self._read(view.turn_id, view.next_seq - 1)
-            if logged is not None and logged.covers(view.next_seq - 1):
-                for frame in logged.after(view.next_seq - 1):
-                    for seq, ready in view.accept(view.next_seq, frame):
+            after = view.next_seq - 1
+            logged = await self._read(view.turn_id, after)
+            if logged is not None and logged.covers(after):
+                for offset, frame in enumerate(logged.after(after)):
+                    for seq, ready in view.accept(after + 1 + offset, frame):
                         self._broadcast(view.turn_id, seq, ready)
             if view.ended or (not view.pending and logged is not None):
                 return
@@ -581,8 +583,8 @@ class ChatRoom:
                     connection.watermark = None
             connection.offer(frame)
 
-    def _in_sync(self, coroutine: object) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)  # type: ignore[arg-type]
+    def _in_sync(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
         _background.add(task)
         task.add_done_callback(_background.discard)
 

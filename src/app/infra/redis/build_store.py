@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
 from app.domain.builds import BuildRecord, BuildStatus, build_key
+from app.infra.redis.client import AnyRedis
 from app.infra.redis.errors import redis_errors_as_unavailable as _redis_errors
 
 _graph_decoder = msgspec.json.Decoder(dict[str, Any] | None)
@@ -19,7 +19,7 @@ _problems_decoder = msgspec.json.Decoder(list[str])
 
 
 class RedisBuildStore:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: AnyRedis, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
 

@@ -83,9 +83,11 @@ class RedisChannels:
     def _subscriber_of(self, channel: str) -> _Subscriber:
         if isinstance(self._redis, RedisCluster):
             node = self._redis.get_node_from_key(channel)
+            if node is None:
+                raise ConnectionError(f"no cluster node serves {channel}")
             name = node.name
             if name not in self._subscribers:
-                client = Redis(host=node.host, port=node.port, socket_connect_timeout=2.0)
+                client = Redis(host=node.host, port=int(node.port), socket_connect_timeout=2.0)
                 self._subscribers[name] = _Subscriber(self, client, sharded=True, owned=True)
         else:
             name = ""

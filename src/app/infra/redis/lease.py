@@ -74,7 +74,7 @@ class RedisLease:
             found = await self._redis.zrangebyscore(
                 self._keys.leases, "-inf", time.time() * 1000, start=0, num=limit
             )
-            chats = [c.decode() if isinstance(c, bytes) else c for c in found]
+            chats = [c.decode() if isinstance(c, bytes) else str(c) for c in found]
             if not chats:
                 return []
             # The sorted set is a hint: a lease that is held (renewed late, or taken by a new

@@ -137,12 +137,15 @@ class RedisTurnLog:
                 last = await self._redis.xrevrange(key, max="+", min="-", count=1)
                 if not last:
                     return None
-                return LogSlice(first_seq=_entry_end(last[0][0]), frames=[])
+                return LogSlice(first_seq=_entry_end(last[0][0]), frames=[])  # type: ignore[arg-type]
         frames: list[bytes] = []
         first: int | None = None
         for _, fields in entries:
+            assert fields is not None
             batch_start = int(fields[b"s"])
-            for offset, frame in enumerate(fields[b"f"].split(b"\n")):
+            payload = fields[b"f"]
+            assert isinstance(payload, bytes)
+            for offset, frame in enumerate(payload.split(b"\n")):
                 seq = batch_start + offset
                 if seq <= after_seq:
                     continue
