@@ -262,6 +262,7 @@
     }
     pendingReads.length = 0;
     ui.closeInfo.textContent = "";
+    delete ui.closeInfo.dataset.code;
     let ws;
     try {
       ws = new WebSocket(url);
