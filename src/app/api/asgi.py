@@ -14,6 +14,7 @@ from app.api.asyncapi import asyncapi_json
 from app.api.chat_socket import chat_endpoint, feature_endpoint
 from app.api.graceful_shutdown import GracefulShutdown
 from app.api.health import health, ready
+from app.api.playground import playground_router
 from app.bootstrap import build_container
 from app.cli.plugin import FlowgateCLIPlugin
 from app.infra.settings import Settings, load_settings
@@ -41,7 +42,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await container.aclose()
 
     app = Litestar(
-        route_handlers=[chat_endpoint, feature_endpoint, health, ready, asyncapi_json],
+        route_handlers=[
+            chat_endpoint,
+            feature_endpoint,
+            health,
+            ready,
+            asyncapi_json,
+            playground_router,
+        ],
         lifespan=[lifespan],
         # advanced-alchemy's plugin for the engine's lifespan and `app database ...`.
         plugins=[SQLAlchemyInitPlugin(config=sql), FlowgateCLIPlugin()],
