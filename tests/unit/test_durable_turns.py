@@ -272,3 +272,16 @@ async def test_resume_on_the_same_process_after_the_turn_ended(after_seq: int) -
     await a.settle()
     assert again.sent[0]["messages"] == []  # the turn's rows come as its frames
     assert turn_frames(again) == frames[after_seq + 1 :]
+
+
+async def test_the_next_message_right_after_close_is_not_busy() -> None:
+    a = Process()
+    session, transport = await a.connect(scripted("a b"))
+    for round_ in range(3):
+        await session.receive(b'{"inputs": {"input": "q%d"}}' % round_)
+        async with asyncio.timeout(5):
+            while len(transport.of_type("close")) <= round_:
+                await asyncio.sleep(0)  # the very next loop turn after close arrives
+    await a.settle()
+    assert transport.of_type("error") == []
+    assert [f["status"] for f in transport.of_type("end")] == ["complete"] * 3

@@ -28,10 +28,20 @@ class LeaseKeeper:
         self.ttl = ttl
         self._on_lost = on_lost
         self._held: dict[str, str] = {}
+        #: Releases under way, by chat: the next turn of the chat here waits for its own.
+        self._releasing: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def acquire(self, chat_id: str, holder: str) -> bool:
-        """Claim the chat for a turn; False if another holder has it."""
+        """Claim the chat for a turn; False if another holder has it.
+
+        A client sends its next message as soon as it reads ``close``, while the last turn's
+        lease is still being released (after its log is written): that release is waited for,
+        so the chat is not reported busy to its own next turn.
+        """
+        releasing = self._releasing.get(chat_id)
+        if releasing is not None:
+            await asyncio.shield(releasing)
         if not await self._lease.acquire(chat_id, holder, self.ttl):
             return False
         self._held[chat_id] = holder
@@ -41,7 +51,13 @@ class LeaseKeeper:
         """The turn is finished: free the chat once everything it logged is written (so that
         the next turn's frames, perhaps on another process, come after this one's)."""
         self._stop_renewing(chat_id, holder)
-        self._in_background(self._release(chat_id, holder))
+        task = self._in_background(self._release(chat_id, holder))
+        self._releasing[chat_id] = task
+        task.add_done_callback(
+            lambda done: self._releasing.pop(chat_id, None)
+            if self._releasing.get(chat_id) is done
+            else None
+        )
 
     def abandon(self, chat_id: str, holder: str) -> None:
         """Stop renewing without releasing: the lease lapses and the turn gets finalised."""
@@ -86,7 +102,8 @@ class LeaseKeeper:
         except StoreUnavailable as exc:  # it lapses on its own within the lease time
             logger.warning("chat %s: lease not released: %s", chat_id, exc)
 
-    def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
