@@ -87,3 +87,7 @@ def unreachable_database_url(backend: str, tmp_path: Path) -> str:
         # A directory is no database file: SQLite cannot open it.
         return f"sqlite+aiosqlite:///{tmp_path}"
     return CLOSED_POSTGRESQL_URL
+
+
+# The cross-process ports' fixture (``nodes``), for the lease and turn log contracts.
+from tests.contract.shared_state import nodes  # noqa: E402, F401

@@ -59,9 +59,7 @@ async def memory_nodes() -> AsyncIterator[Callable[[], Node]]:
     yield make
 
 
-async def redis_nodes(
-    clients: Clients, url: str, prefix: str
-) -> AsyncIterator[Callable[[], Node]]:
+async def redis_nodes(clients: Clients, url: str, prefix: str) -> AsyncIterator[Callable[[], Node]]:
     made: list[Node] = []
 
     def make() -> Node:
@@ -88,7 +86,9 @@ async def redis_nodes(
 
 
 @pytest.fixture(params=BACKENDS)
-async def nodes(request: pytest.FixtureRequest, clients: Clients) -> AsyncIterator[Callable[[], Node]]:
+async def nodes(
+    request: pytest.FixtureRequest, clients: Clients
+) -> AsyncIterator[Callable[[], Node]]:
     if request.param == MEMORY:
         generator = memory_nodes()
     else:

@@ -7,7 +7,7 @@ import asyncio
 import uuid
 from collections.abc import Callable
 
-from tests.contract.shared_state import Node, nodes  # noqa: F401 (fixture)
+from tests.contract.shared_state import Node
 
 
 async def test_one_holder_per_chat_across_processes(nodes: Callable[[], Node]) -> None:
@@ -26,9 +26,7 @@ async def test_one_holder_per_chat_across_processes(nodes: Callable[[], Node]) -
 async def test_concurrent_acquires_have_one_winner(nodes: Callable[[], Node]) -> None:
     leases = [nodes().lease for _ in range(3)]
     chat = uuid.uuid4().hex
-    results = await asyncio.gather(
-        *(leases[i % 3].acquire(chat, f"p{i}/t", 30) for i in range(12))
-    )
+    results = await asyncio.gather(*(leases[i % 3].acquire(chat, f"p{i}/t", 30) for i in range(12)))
     assert results.count(True) == 1
 
 

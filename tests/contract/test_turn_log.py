@@ -13,7 +13,7 @@ import pytest
 
 from app.domain.chats import TurnRecord, TurnState
 from tests.contract.conftest import CALL_TIMEOUT
-from tests.contract.shared_state import Node, nodes  # noqa: F401 (fixture)
+from tests.contract.shared_state import Node
 
 
 class Heard:
@@ -43,7 +43,14 @@ class Heard:
 
 
 def record(chat: str, turn: str, **fields: object) -> TurnRecord:
-    return TurnRecord(chat_id=chat, turn_id=turn, flow_id="f", user_id="u", holder="p/" + turn, **fields)  # type: ignore[arg-type]
+    return TurnRecord(
+        chat_id=chat,
+        turn_id=turn,
+        flow_id="f",
+        user_id="u",
+        holder="p/" + turn,
+        **fields,  # type: ignore[arg-type]
+    )
 
 
 def frame(seq: int) -> bytes:

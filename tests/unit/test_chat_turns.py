@@ -13,6 +13,7 @@ from app.domain.llm import ModelMessage
 from tests.fakes import FakeChatModel
 from tests.unit.chat_rig import LLM, Process, scripted
 
+
 class FailingModel:
     async def stream(
         self,

@@ -54,9 +54,9 @@ class LeaseKeeper:
         task = self._in_background(self._release(chat_id, holder))
         self._releasing[chat_id] = task
         task.add_done_callback(
-            lambda done: self._releasing.pop(chat_id, None)
-            if self._releasing.get(chat_id) is done
-            else None
+            lambda done: (
+                self._releasing.pop(chat_id, None) if self._releasing.get(chat_id) is done else None
+            )
         )
 
     def abandon(self, chat_id: str, holder: str) -> None:
