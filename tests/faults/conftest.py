@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -245,7 +246,9 @@ def deployment_factory(
     finally:
         for server in started:
             server.stop()
-        _print_logs(started)
+        _print_logs(started)  # pytest shows them when the test failed
+        for server in started:
+            shutil.rmtree(server.workdir, ignore_errors=True)
         # A test that failed with a store down leaves it down; the next one starts it.
 
 

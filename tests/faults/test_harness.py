@@ -99,6 +99,9 @@ def test_private_redis_cluster_is_ok_and_spreads_keys(
         tagged = ["{chat-1}:lease", "{chat-1}:log"]
         client.mset({tagged[0]: "a", tagged[1]: "b"})
         assert client.mget(tagged) == [b"a", b"b"]
+        assert client.keyslot(tagged[0]) == client.keyslot(tagged[1])
+        found = client.scan_iter(match="fault-harness:*", target_nodes=client.ALL_NODES)
+        assert {key.decode() for key in found} == set(keys)
         client.delete(*keys)
     finally:
         client.close()

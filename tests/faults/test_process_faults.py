@@ -5,6 +5,7 @@ chat is told (``end`` ``interrupted``, ``close``), and the chat is free again.""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from pathlib import Path
 
@@ -144,4 +145,5 @@ async def test_embedded_restart_finalises_a_turn_killed_mid_stream(tmp_path: Pat
         assert len(rows) == 4, rows
     finally:
         server.stop()
-        print(server.log()[-6000:])
+        print(server.log()[-6000:])  # pytest shows it when the test failed
+        shutil.rmtree(tmp_path, ignore_errors=True)

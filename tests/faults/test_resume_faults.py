@@ -62,8 +62,10 @@ async def test_resume_mid_turn_is_exact(deployment: Deployment, where: str) -> N
     for seen in (tail, whole):
         assert seen.frames and seen.frames[0]["type"] == "history", seen.summary()
         history: list[dict[str, Any]] = seen.frames[0]["messages"]
+        got = [(m["message_id"], m["message"][:20]) for m in history]
         assert [m["message"] for m in history] == ["first question", reply], (
-            "resume's history: after after_id, oldest first, without the live turn's rows"
+            f"resume's history must be what is stored after after_id, oldest first, without "
+            f"the live turn's rows (question {question_id}); got {got}"
         )
         assert history[1]["message_id"] == first_end["message_id"]
         assert not seen.errors, seen.summary()
