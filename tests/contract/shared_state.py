@@ -27,8 +27,12 @@ from app.infra.redis import (
 )
 from tests.contract.conftest import Clients
 
-MEMORY, REDIS = "memory", "redis"
-BACKENDS = [MEMORY, pytest.param(REDIS, marks=pytest.mark.integration)]
+MEMORY, REDIS, CLUSTER = "memory", "redis", "redis-cluster"
+BACKENDS = [
+    MEMORY,
+    pytest.param(REDIS, marks=pytest.mark.integration),
+    pytest.param(CLUSTER, marks=pytest.mark.integration),
+]
 TTL = 600.0
 
 
@@ -59,14 +63,16 @@ async def memory_nodes() -> AsyncIterator[Callable[[], Node]]:
     yield make
 
 
-async def redis_nodes(clients: Clients, url: str, prefix: str) -> AsyncIterator[Callable[[], Node]]:
+async def redis_nodes(
+    clients: Clients, url: str, prefix: str, *, cluster: bool = False
+) -> AsyncIterator[Callable[[], Node]]:
     made: list[Node] = []
 
     def make() -> Node:
-        redis = clients.redis(url)
+        redis = clients.redis(url, cluster=cluster)
         keys = RedisKeys(prefix)
         origin = uuid.uuid4().hex[:12].encode()
-        log = RedisTurnLog(redis, keys, origin=origin, ttl=TTL, live_ttl=TTL)
+        log = RedisTurnLog(redis, keys, origin=origin, ttl=TTL, live_ttl=TTL, cluster=cluster)
         channels = RedisChannels(redis, keys, origin=origin)
         counter = RedisConnectionCounter(redis, keys)
         node = Node(
@@ -91,6 +97,10 @@ async def nodes(
 ) -> AsyncIterator[Callable[[], Node]]:
     if request.param == MEMORY:
         generator = memory_nodes()
+    elif request.param == CLUSTER:
+        cluster = request.getfixturevalue("private_redis_cluster")
+        prefix = f"flowgate-test:{uuid.uuid4().hex}:"
+        generator = redis_nodes(clients, cluster.url, prefix, cluster=True)
     else:
         url = request.getfixturevalue("redis_url")
         prefix = request.getfixturevalue("redis_prefix")

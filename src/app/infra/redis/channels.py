@@ -56,7 +56,8 @@ class RedisChannels:
         channel = self._keys.channel(chat_id)
         self._channels.add(channel)
         with redis_errors_as_unavailable():
-            await self._subscriber_of(channel).subscribe(channel)
+            subscriber = await self._subscriber_of(channel)
+            await subscriber.subscribe(channel)
 
     async def leave(self, chat_id: str) -> None:
         channel = self._keys.channel(chat_id)
@@ -80,8 +81,9 @@ class RedisChannels:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def _subscriber_of(self, channel: str) -> _Subscriber:
+    async def _subscriber_of(self, channel: str) -> _Subscriber:
         if isinstance(self._redis, RedisCluster):
+            await self._redis.initialize()  # the slot map, once (it does nothing after)
             node = self._redis.get_node_from_key(channel)
             if node is None:
                 raise ConnectionError(f"no cluster node serves {channel}")
