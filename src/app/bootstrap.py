@@ -95,6 +95,8 @@ class Adapters:
     counter: ConnectionCounter
     #: The name of this process, in leases and connection counts.
     process_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    #: Whether this process is alone on its stores (the embedded default, no Redis).
+    alone: bool = False
     #: Store name -> a call that fails if the store does not answer (``GET /ready``).
     checks: dict[str, Check] = field(default_factory=dict)
     closers: list[Closer] = field(default_factory=list)
@@ -127,6 +129,7 @@ def in_process_adapters(
         fanout=channels,
         control=channels,
         counter=InProcessConnectionCounter(store),
+        alone=True,
     )
 
 
@@ -214,6 +217,7 @@ def compose(settings: Settings, adapters: Adapters) -> Container:
         ),
         lease_ttl=settings.turn_lease,
         process_id=adapters.process_id,
+        alone=adapters.alone,
     )
     features = FeatureRegistry()
     features.register(ChatFeature(rooms, shutdown_grace=settings.shutdown_grace))

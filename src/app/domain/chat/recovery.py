@@ -38,6 +38,7 @@ class Recovery:
         finaliser: TurnFinaliser,
         process_id: str,
         lease_ttl: float,
+        alone: bool = False,
     ) -> None:
         self._lease = lease
         self._log = log
@@ -45,17 +46,26 @@ class Recovery:
         self._finaliser = finaliser
         self._holder = f"{process_id}/finaliser-{uuid.uuid4().hex[:8]}"
         self._ttl = lease_ttl
+        #: Whether this process is the only one on its stores (the embedded default): then a
+        #: question without an answer found at start is no other process's running turn.
+        self._alone = alone
 
     async def run(self) -> None:
-        """Sweep now, then for ever (cancel to stop)."""
-        unanswered_due = 0.0
+        """Sweep now, then for ever (cancel to stop). Questions without an answer are looked
+        for at start (all of them when alone), once more when the youngest of those skipped
+        at start are old enough, then every minute."""
         loop = asyncio.get_running_loop()
+        unanswered_due = [loop.time(), loop.time() + 3 * self._ttl + 1]
+        first = True
         while True:
             try:
                 await self.sweep_lapsed()
-                if loop.time() >= unanswered_due:
-                    await self.sweep_unanswered()
-                    unanswered_due = loop.time() + UNANSWERED_EVERY
+                if loop.time() >= unanswered_due[0]:
+                    await self.sweep_unanswered(any_age=first and self._alone)
+                    first = False
+                    unanswered_due.pop(0)
+                    if not unanswered_due:
+                        unanswered_due.append(loop.time() + UNANSWERED_EVERY)
             except StoreUnavailable as exc:
                 logger.warning("recovery sweep postponed: %s", exc)
             await asyncio.sleep(self._ttl / 2)
@@ -67,8 +77,10 @@ class Recovery:
                 done += 1
         return done
 
-    async def sweep_unanswered(self) -> int:
-        older_than = datetime.now(UTC) - timedelta(seconds=3 * self._ttl)
+    async def sweep_unanswered(self, *, any_age: bool = False) -> int:
+        # Younger questions may belong to turns whose lease a store restart lost a moment ago
+        # (their process takes it again within a third of the lease time).
+        older_than = datetime.now(UTC) - timedelta(seconds=0 if any_age else 3 * self._ttl)
         done = 0
         for question in await self._chats.unanswered(older_than, SWEEP_BATCH):
             holder = await self._lease.holder(question.chat_id)

@@ -55,6 +55,10 @@ GAP_RETRIES = 5
 GAP_RETRY_DELAY = 0.2
 #: How long a room keeps trying to read the turn log while its store is away.
 LOG_READ_BUDGET = 30.0
+#: After a reconnect that finds no record of the chat's turn: how long, and how often, to look
+#: again for the log the turn's process writes anew.
+RESYNC_WAIT = 10.0
+RESYNC_POLL = 0.5
 _EVERYTHING = 1 << 62
 
 LOST = frames.error(
@@ -456,18 +460,32 @@ class ChatRoom:
             self._in_sync(self._resync())
 
     async def _resync(self) -> None:
+        """Catch up with the chat's current turn from the log. If the store lost the log (it
+        restarted), the process running the turn writes it again from what it kept, within a
+        few seconds: wait for that (or for the turn's frames to flow again) before telling the
+        sockets their turn's frames are lost."""
         assert self.chat_id is not None
-        try:
-            record = await self._services.log.current(self.chat_id)
-        except StoreUnavailable:
-            return  # the next reconnect tries again
-        view = self.view
-        if record is None:
-            if view is not None and not view.ended:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RESYNC_WAIT
+        while True:
+            try:
+                record = await self._services.log.current(self.chat_id)
+            except StoreUnavailable:
+                return  # the next reconnect tries again
+            view = self.view
+            if record is not None:
+                if view is None or view.turn_id != record.turn_id or not view.ended:
+                    self._enqueue((record.turn_id, -1, []))
+                return
+            if view is None or view.ended or self.turn is not None:
+                return
+            if loop.time() >= deadline:
                 self._declare_lost(view)
-            return
-        if view is None or view.turn_id != record.turn_id or not view.ended:
-            self._enqueue((record.turn_id, -1, []))
+                return
+            seen = view.next_seq
+            await asyncio.sleep(RESYNC_POLL)
+            if self.view is not view or view.ended or view.next_seq != seen:
+                return  # its frames flow again: the turn's process is alive and writing
 
     def _enqueue(self, batch: _Batch) -> None:
         if self._inbox is not None:

@@ -40,6 +40,7 @@ class ChatRooms:
         turns: TurnServices,
         lease_ttl: float,
         process_id: str | None = None,
+        alone: bool = False,
     ) -> None:
         self.process_id = process_id or new_process_id()
         self._log = log
@@ -55,6 +56,7 @@ class ChatRooms:
             finaliser=finaliser,
             process_id=self.process_id,
             lease_ttl=lease_ttl,
+            alone=alone,
         )
         self.keeper = keeper
         self._services = RoomServices(
