@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl
 from litestar import WebSocket, websocket
 
 from app.bootstrap import Container
+from app.domain import log_context
 from app.domain.admission import Admission, AdmissionRequest, TokenSource
 from app.domain.connection import Connection
 from app.domain.dispatcher import FrameDispatcher
@@ -123,6 +124,10 @@ async def serve(socket: WebSocket, flow_id: str, feature_name: str, container: C
     admission = await _admit(socket, flow_id, feature_name, container)
     if admission is None:
         return
+    log_context.bind(
+        chat_id=admission.chat_id, flow_id=admission.flow.id, user_id=admission.user.id
+    )
+    logger.info("admitted to feature %s", feature_name)
     settings = container.settings
     feature = container.features.get(feature_name)
     assert feature is not None  # admission checked it

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import Any
 
-from app.domain import frames
+from app.domain import frames, log_context
 from app.domain.chat.hub import ChatHub
 from app.domain.chats import Category, ChatMessage, MessageStatus, NewMessage
 from app.domain.errors import DomainError, InvalidGraph, ModelError, StoreUnavailable
@@ -183,6 +183,9 @@ class TurnRunner:
 
     async def _run(self, turn: Turn) -> None:
         hub, spec = turn.hub, turn.spec
+        log_context.bind(
+            chat_id=spec.chat_id, flow_id=spec.flow_id, user_id=spec.user_id, turn_id=turn.id
+        )
         try:
             status, failure = await self._converse(turn)
             answer = "".join(turn.answer)
@@ -198,6 +201,7 @@ class TurnRunner:
                 answer_id = None
             await self._emit(turn, turn.frame("end", answer, message_id=answer_id, status=status))
             await self._emit(turn, turn.frame("close", ""))
+            logger.info("turn ended %s, %d characters", status, len(answer))
             if hub.debug_memory is not None and status is MessageStatus.COMPLETE:
                 hub.debug_memory.append(ModelMessage(role="user", content=spec.text))
                 hub.debug_memory.append(ModelMessage(role="assistant", content=answer))

@@ -1,0 +1,146 @@
+"""One format for every line the process logs: flowgate's, uvicorn's, Litestar's, alembic's and
+any library's. ``FLOWGATE_LOG_FORMAT=json``: one JSON object a line; ``console``: one readable
+line (and the traceback under it). Every line has ``timestamp`` (UTC), ``level``, ``logger`` and
+``event`` (the message); a line logged for a connection or a turn also has the fields bound in
+:mod:`app.domain.log_context` (``chat_id``, ``flow_id``, ``user_id``, ``turn_id``); then the
+call's ``extra`` fields, and ``exception`` (the traceback) when there is one. Tokens are
+redacted from all of it (:mod:`app.api.log_redaction`).
+
+The standard library and a small formatter rather than structlog: every logger that matters
+here (uvicorn, websockets under uvicorn, Litestar, alembic, httpx, SQLAlchemy) is a standard
+logger, so the one format has to be a ``logging.Formatter`` anyway (structlog would reach them
+only through its ``ProcessorFormatter``); the domain may import only the standard library, so
+its context is a ``contextvars`` binding either way; what structlog would add beyond that, a
+processor chain and bound loggers, is the sixty lines below. msgspec, already a dependency,
+encodes the JSON. One dependency fewer and one path for every line.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import time
+from typing import Any
+
+import msgspec
+
+from app.api.log_redaction import STANDARD_ATTRIBUTES, redact_jwts, redact_record, safe_value
+from app.domain import log_context
+
+FORMATS = ("json", "console")
+#: uvicorn's level below DEBUG (``FLOWGATE_LOG_LEVEL=TRACE``).
+TRACE = 5
+# uvicorn's copy of some messages with terminal colours: the same text again.
+_DROPPED = frozenset({"color_message"})
+# Loggers whose DEBUG lines are noise (two lines per SQL statement), kept at INFO.
+_QUIET_AT_DEBUG = ("aiosqlite",)
+# Configured explicitly: their own handlers (uvicorn's defaults) are removed, so that their
+# lines reach the root logger's one handler.
+_SERVER_LOGGERS = (
+    "app",
+    "uvicorn",
+    "uvicorn.error",
+    "uvicorn.access",
+    "uvicorn.asgi",
+    "litestar",
+    "alembic",
+)
+_ENCODER = msgspec.json.Encoder(enc_hook=str)
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{seconds}.{int(record.msecs):03d}Z"
+
+
+class _Formatter(logging.Formatter):
+    def line(self, record: logging.LogRecord) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The line's four fixed fields, and its other fields (context, extra, exception)."""
+        redact_record(record)
+        fixed = {
+            "timestamp": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": str(record.msg).rstrip(),
+        }
+        fields = {k: safe_value(v) for k, v in log_context.current().items()}
+        for key, value in record.__dict__.items():
+            if key not in STANDARD_ATTRIBUTES and key not in _DROPPED and key[0] != "_":
+                fields[key] = value
+        if record.exc_text:
+            fields["exception"] = record.exc_text
+        if record.stack_info:
+            fields["stack"] = record.stack_info
+        return fixed, fields
+
+
+class JsonFormatter(_Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fixed, fields = self.line(record)
+        for key, value in fields.items():
+            fixed.setdefault(key, value)
+        return redact_jwts(_ENCODER.encode(fixed).decode())
+
+
+class ConsoleFormatter(_Formatter):
+    """``2026-01-02T03:04:05.678Z INFO     app.domain.chat.turn: turn ended  chat_id=c1 ...``"""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fixed, fields = self.line(record)
+        exception = fields.pop("exception", None)
+        stack = fields.pop("stack", None)
+        text = (
+            f"{fixed['timestamp']} {fixed['level'].upper():<8} {fixed['logger']}: {fixed['event']}"
+        )
+        if fields:
+            text += "  " + " ".join(f"{k}={_console_value(v)}" for k, v in fields.items())
+        for block in (exception, stack):
+            if block:
+                text += "\n" + str(block)
+        return redact_jwts(text)
+
+
+def _console_value(value: object) -> str:
+    text = value if isinstance(value, str) else _ENCODER.encode(value).decode()
+    return _ENCODER.encode(text).decode() if not text or any(c.isspace() for c in text) else text
+
+
+def level_name(level: str) -> str:
+    logging.addLevelName(TRACE, "TRACE")
+    return level.strip().upper()
+
+
+def logging_config(level: str, log_format: str) -> dict[str, Any]:
+    """The ``logging.config.dictConfig`` of a flowgate process, also given to uvicorn as its
+    ``log_config`` (so that its lines from before the app is built are in the format too).
+    Every line goes to standard error, leaving standard output to CLI commands' results."""
+    if log_format not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {log_format!r}")
+    level = level_name(level)
+    formatter = JsonFormatter if log_format == "json" else ConsoleFormatter
+    loggers: dict[str, dict[str, Any]] = {
+        name: {"level": level, "handlers": [], "propagate": True} for name in _SERVER_LOGGERS
+    }
+    if logging.getLevelName(level) == logging.DEBUG or level == "TRACE":
+        for name in _QUIET_AT_DEBUG:
+            loggers[name] = {"level": "INFO", "handlers": [], "propagate": True}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"flowgate": {"()": f"{__name__}.{formatter.__name__}"}},
+        "handlers": {
+            "flowgate": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+                "formatter": "flowgate",
+            }
+        },
+        "loggers": loggers,
+        "root": {"level": level, "handlers": ["flowgate"]},
+    }
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    """Route every logger of the process through the one handler and format (idempotent)."""
+    logging.config.dictConfig(logging_config(level, log_format))
+    logging.captureWarnings(True)  # ``warnings`` too, as lines of logger ``py.warnings``
