@@ -111,6 +111,10 @@ def test_cookie_in_prose_is_kept() -> None:
             f'{{\\"action\\": \\"auth\\", \\"token\\": \\"{REDACTED}\\"}}',
         ),
         (f'{{"access_token":"{OPAQUE}"}}', f'{{"access_token":"{REDACTED}"}}'),
+        (
+            f"query {{'t': '{OPAQUE}', 'chat_id': 'c1'}}",
+            f"query {{'t': '{REDACTED}', 'chat_id': 'c1'}}",
+        ),
         (f'{{"api_key": "{OPAQUE}"}}', f'{{"api_key": "{REDACTED}"}}'),
         (f"POST /refresh?token={OPAQUE}&x=1", f"POST /refresh?token={REDACTED}&x=1"),
     ],

@@ -131,3 +131,16 @@ def test_logging_config_routes_uvicorn_and_litestar_through_the_root_handler() -
     assert logging.getLevelName("TRACE") == 5
     with pytest.raises(ValueError, match="log format"):
         logging_config("INFO", "xml")
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), ConsoleFormatter()])
+def test_a_record_that_cannot_be_formatted_still_gives_a_line_without_its_arguments(
+    formatter: logging.Formatter,
+) -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError(TOKEN)
+
+    line = formatter.format(record("x", extra_thing=Unprintable()))
+    assert "could not be formatted" in line and TOKEN not in line
+    assert "\n" not in line

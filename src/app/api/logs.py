@@ -54,39 +54,49 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 
 class _Formatter(logging.Formatter):
-    def line(self, record: logging.LogRecord) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The line's four fixed fields, and its other fields (context, extra, exception)."""
-        redact_record(record)
-        fixed = {
+    def format(self, record: logging.LogRecord) -> str:
+        try:
+            fixed, fields = self.fields(record)
+            return redact_jwts(self.render(fixed, fields))
+        except Exception:  # not logging's "--- Logging error ---": it prints the arguments
+            return self.render(self.fixed(record, "a log record could not be formatted"), {})
+
+    def fixed(self, record: logging.LogRecord, event: str) -> dict[str, Any]:
+        return {
             "timestamp": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "event": str(record.msg).rstrip(),
+            "event": event,
         }
+
+    def fields(self, record: logging.LogRecord) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The line's four fixed fields, and its others (context, extra, exception, stack)."""
+        redact_record(record)
         fields = {k: safe_value(v) for k, v in log_context.current().items()}
         for key, value in record.__dict__.items():
-            if key not in STANDARD_ATTRIBUTES and key not in _DROPPED and key[0] != "_":
+            if key not in STANDARD_ATTRIBUTES and key not in _DROPPED and not key.startswith("_"):
                 fields[key] = value
         if record.exc_text:
             fields["exception"] = record.exc_text
         if record.stack_info:
             fields["stack"] = record.stack_info
-        return fixed, fields
+        return self.fixed(record, str(record.msg).rstrip()), fields
+
+    def render(self, fixed: dict[str, Any], fields: dict[str, Any]) -> str:
+        raise NotImplementedError
 
 
 class JsonFormatter(_Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        fixed, fields = self.line(record)
+    def render(self, fixed: dict[str, Any], fields: dict[str, Any]) -> str:
         for key, value in fields.items():
             fixed.setdefault(key, value)
-        return redact_jwts(_ENCODER.encode(fixed).decode())
+        return _ENCODER.encode(fixed).decode()
 
 
 class ConsoleFormatter(_Formatter):
     """``2026-01-02T03:04:05.678Z INFO     app.domain.chat.turn: turn ended  chat_id=c1 ...``"""
 
-    def format(self, record: logging.LogRecord) -> str:
-        fixed, fields = self.line(record)
+    def render(self, fixed: dict[str, Any], fields: dict[str, Any]) -> str:
         exception = fields.pop("exception", None)
         stack = fields.pop("stack", None)
         text = (
@@ -97,7 +107,7 @@ class ConsoleFormatter(_Formatter):
         for block in (exception, stack):
             if block:
                 text += "\n" + str(block)
-        return redact_jwts(text)
+        return text
 
 
 def _console_value(value: object) -> str:
