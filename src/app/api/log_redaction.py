@@ -106,15 +106,17 @@ def _redact_frame(frame: Any) -> Any:
 
 def _is_frame(value: object) -> bool:
     return (
-        dataclasses.is_dataclass(value)
-        and hasattr(value, "opcode")
+        hasattr(value, "opcode")
+        and dataclasses.is_dataclass(value)
         and isinstance(getattr(value, "data", None), bytes | bytearray | memoryview)
     )
 
 
 def _safe_arg(value: object) -> object:
     # Strings need nothing here: the message they are formatted into is redacted whole.
-    return _redact_frame(value) if _is_frame(value) else value
+    if isinstance(value, str | int | float) or not _is_frame(value):
+        return value
+    return _redact_frame(value)
 
 
 # A mapping's key, or the first of a pair (a header list), that names a credential: its value
@@ -158,6 +160,8 @@ STANDARD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).
     "taskName",
 }
 _DONE = "_flowgate_redacted"
+#: Set by :func:`redact_record`: the names of the record's extra fields, in their order.
+EXTRA = "_flowgate_extra"
 
 
 def redact_record(record: logging.LogRecord) -> None:
@@ -183,10 +187,12 @@ def redact_record(record: logging.LogRecord) -> None:
         record.exc_text = redact(record.exc_text)
     if record.stack_info:
         record.stack_info = redact(record.stack_info)
-    for key, value in list(record.__dict__.items()):
-        if key not in STANDARD_ATTRIBUTES:
-            record.__dict__[key] = safe_value(value)
-    record.__dict__[_DONE] = True
+    attributes = record.__dict__
+    extra = [key for key in attributes if key not in STANDARD_ATTRIBUTES]
+    for key in extra:
+        attributes[key] = safe_value(attributes[key])
+    attributes[EXTRA] = extra
+    attributes[_DONE] = True
 
 
 class RedactTokens(logging.Filter):

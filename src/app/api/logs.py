@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from app.api.log_redaction import STANDARD_ATTRIBUTES, redact_jwts, redact_record, safe_value
+from app.api.log_redaction import EXTRA, redact_jwts, redact_record, safe_value
 from app.domain import log_context
 
 FORMATS = ("json", "console")
@@ -48,9 +48,32 @@ _SERVER_LOGGERS = (
 _ENCODER = msgspec.json.Encoder(enc_hook=str)
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{seconds}.{int(record.msecs):03d}Z"
+    global _second
+    second = int(record.created)
+    if second != _second[0]:  # lines come many a second: format the date once a second
+        _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_second[1]}.{int(record.msecs):03d}Z"
+
+
+# The redacted copy of each bound context, by the identity of the (never mutated) mapping that
+# :mod:`app.domain.log_context` binds: a connection's lines share one. Holding the mapping
+# keeps its id from being reused while cached.
+_contexts: dict[int, tuple[object, dict[str, Any]]] = {}
+_CONTEXTS_CACHED = 1024
+
+
+def _context() -> dict[str, Any]:
+    bound = log_context.current()
+    cached = _contexts.get(id(bound))
+    if cached is None or cached[0] is not bound:
+        if len(_contexts) >= _CONTEXTS_CACHED:
+            _contexts.clear()
+        cached = _contexts[id(bound)] = (bound, {k: safe_value(v) for k, v in bound.items()})
+    return dict(cached[1])
 
 
 class _Formatter(logging.Formatter):
@@ -72,10 +95,11 @@ class _Formatter(logging.Formatter):
     def fields(self, record: logging.LogRecord) -> tuple[dict[str, Any], dict[str, Any]]:
         """The line's four fixed fields, and its others (context, extra, exception, stack)."""
         redact_record(record)
-        fields = {k: safe_value(v) for k, v in log_context.current().items()}
-        for key, value in record.__dict__.items():
-            if key not in STANDARD_ATTRIBUTES and key not in _DROPPED and not key.startswith("_"):
-                fields[key] = value
+        fields = _context()
+        attributes = record.__dict__
+        for key in attributes[EXTRA]:
+            if key not in _DROPPED and not key.startswith("_"):
+                fields[key] = attributes[key]
         if record.exc_text:
             fields["exception"] = record.exc_text
         if record.stack_info:
