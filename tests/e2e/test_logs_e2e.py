@@ -6,35 +6,23 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Server, make_server
+from tests.e2e.conftest import make_server
 from tests.e2e.wsclient import ask, opened, send, until
 
 pytestmark = pytest.mark.e2e
 
 ORIGIN = "https://app.example"
 LINE_KEYS = ("timestamp", "level", "logger", "event")
+LEVELS = ("trace", "debug", "info", "warning", "error", "critical")
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 CONSOLE_LINE = re.compile(
-    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (TRACE|DEBUG|INFO|WARNING|ERROR|CRITICAL) +[\w.]+: "
+    rf"{TIMESTAMP.pattern} ({'|'.join(level.upper() for level in LEVELS)}) +[\w.]+: "
 )
-
-
-@pytest.fixture(scope="module")
-def debug_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = make_server(
-        tmp_path_factory.mktemp("logs"),
-        log_level="DEBUG",
-        log_format="json",
-        allowed_origins=ORIGIN,
-    )
-    running.start()
-    yield running
-    running.stop()
 
 
 def _lines(log: str) -> list[dict[str, Any]]:
@@ -47,67 +35,73 @@ def _lines(log: str) -> list[dict[str, Any]]:
         assert isinstance(record, dict), line
         missing = [key for key in LINE_KEYS if key not in record]
         assert not missing, f"line {number} lacks {missing}: {line!r}"
+        assert TIMESTAMP.fullmatch(record["timestamp"]), line
+        assert record["level"] in LEVELS, line
         parsed.append(record)
     return parsed
 
 
-async def test_debug_log_is_json_with_context_and_no_token(debug_server: Server) -> None:
-    s = debug_server
-    flow = s.create_flow("logger")
-    # Four distinct tokens of the same user (a different lifetime each: a different ``exp``).
-    in_query, in_header, in_cookie, in_frame = (s.token("logger", ttl=3600 + i) for i in range(4))
-    assert len({in_query, in_header, in_cookie, in_frame}) == 4
-    url = f"{s.ws}/api/v1/chat/{flow}"
-
-    async with opened(f"{url}?chat_id=log-query&t={in_query}") as ws:
-        await send(ws, {"action": "auth", "token": in_frame})
-        assert await ask(ws, {"action": "ping"}) == {"type": "pong"}  # the auth frame was read
-        await send(ws, {"inputs": {"input": "hello logs"}, "client_msg_id": "m-1"})
-        turn = await until(ws, "close")
-    turn_id = turn[0]["turn_id"]
-    assert turn[-2]["status"] == "complete"
-    async with opened(
-        f"{url}?chat_id=log-header", additional_headers={"Authorization": f"Bearer {in_header}"}
-    ) as ws:
-        assert await ask(ws, {"action": "ping"}) == {"type": "pong"}
-    async with opened(
-        f"{url}?chat_id=log-cookie",
-        origin=ORIGIN,
-        additional_headers={"Cookie": f"theme=dark; access_token_cookie={in_cookie}"},
-    ) as ws:
-        assert await ask(ws, {"action": "ping"}) == {"type": "pong"}
-    s.stop()  # every line written, uvicorn's shutdown lines included
+async def test_debug_log_is_json_with_context_and_no_token(tmp_path: Path) -> None:
+    s = make_server(tmp_path, log_level="DEBUG", log_format="json", allowed_origins=ORIGIN)
+    s.start()
+    try:
+        flow = s.create_flow("logger")
+        # Four tokens of the same user, each with another lifetime (so another ``exp``).
+        tokens = [s.token("logger", ttl=3600 + i) for i in range(4)]
+        in_query, in_header, in_cookie, in_frame = tokens
+        assert len(set(tokens)) == 4
+        url = f"{s.ws}/api/v1/chat/{flow}"
+        async with opened(f"{url}?chat_id=log-query&t={in_query}") as ws:
+            await send(ws, {"action": "auth", "token": in_frame})
+            # A refused auth frame would be answered with an error before the pong.
+            assert await ask(ws, {"action": "ping"}) == {"type": "pong"}
+            await send(ws, {"inputs": {"input": "hello logs"}, "client_msg_id": "m-1"})
+            turn = await until(ws, "close")
+        turn_id = turn[0]["turn_id"]
+        assert turn[-2]["status"] == "complete"
+        async with opened(
+            f"{url}?chat_id=log-header", additional_headers={"Authorization": f"Bearer {in_header}"}
+        ) as ws:
+            assert await ask(ws, {"action": "ping"}) == {"type": "pong"}
+        async with opened(
+            f"{url}?chat_id=log-cookie",
+            origin=ORIGIN,
+            additional_headers={"Cookie": f"theme=dark; access_token_cookie={in_cookie}"},
+        ) as ws:
+            assert await ask(ws, {"action": "ping"}) == {"type": "pong"}
+    finally:
+        s.stop()  # every line written, uvicorn's shutdown lines included
 
     log = s.log()
-    # DEBUG really logged the handshakes (their request lines and headers) and the frames...
-    assert "/api/v1/chat/" in log
-    assert "authorization" in log.lower() and "cookie" in log.lower()
-    assert '"action\\": \\"auth' in log or "'action': 'auth" in log or '"action": "auth' in log
-    # ...and no token, nor any token's signature, is anywhere in it.
-    for name, token in (
-        ("query", in_query),
-        ("header", in_header),
-        ("cookie", in_cookie),
-        ("auth frame", in_frame),
-    ):
+    for name, token in zip(("query", "header", "cookie", "auth frame"), tokens, strict=True):
         signature = token.split(".")[2]
         assert token not in log, f"the {name} token is in the log"
         assert signature not in log, f"the {name} token's signature is in the log"
-        # Nor its end: websockets logs a long frame's first and last characters only.
-        assert signature[-12:] not in log, f"the end of the {name} token is in the log"
+        # Nor its end: websockets logs only the start and the end of a long frame.
+        assert signature[-12:] not in log, f"the end of the {name} token's signature is in the log"
 
-    records = _lines(log)
-    loggers = {record["logger"] for record in records}
-    assert {"uvicorn.error", "app.api.chat_socket"} <= loggers, loggers
+    records = _lines(log)  # every line, uvicorn's included, is a JSON object of the format
+    events = [r["event"] for r in records]
+    # DEBUG did log what carried the tokens: the request line, both headers, the auth frame.
+    assert any(e.startswith("< GET /api/v1/chat/") and "t=[redacted]" in e for e in events)
+    assert "< authorization: Bearer [redacted]" in events
+    assert "< cookie: [redacted]" in events
+    assert any('"action": "auth", "token": "[redacted]"' in e for e in events), events
+    assert {"uvicorn.error", "uvicorn.access", "app.api.chat_socket"} <= {
+        r["logger"] for r in records
+    }
     turn_lines = [r for r in records if r.get("turn_id") == turn_id]
-    assert turn_lines, "no line carries the turn's id"
+    assert any(r["logger"] == "app.domain.chat.turn" for r in turn_lines), turn_lines
     for record in turn_lines:
-        assert record["chat_id"] == "log-query"
-        assert record["flow_id"] == flow
-        assert record["user_id"] == "logger"
-    connection_lines = [r for r in records if r.get("chat_id") == "log-header"]
-    assert connection_lines, "no line carries the header connection's chat id"
-    assert all(r["flow_id"] == flow and r["user_id"] == "logger" for r in connection_lines)
+        assert (record["chat_id"], record["flow_id"], record["user_id"]) == (
+            "log-query",
+            flow,
+            "logger",
+        )
+    admitted = [r for r in records if r["event"] == "admitted to feature chat"]
+    assert [(r["chat_id"], r["flow_id"], r["user_id"]) for r in admitted] == [
+        (chat_id, flow, "logger") for chat_id in ("log-query", "log-header", "log-cookie")
+    ]
 
 
 async def test_uvicorn_factory_path_writes_console_lines(tmp_path: Path) -> None:
