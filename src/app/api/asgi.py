@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyInitPlugin
 from litestar import Litestar
 
-from app.api import log_redaction
 from app.api.asyncapi import asyncapi_json
 from app.api.chat_socket import chat_endpoint, feature_endpoint
 from app.api.graceful_shutdown import GracefulShutdown
 from app.api.health import health, ready
+from app.api.logs import configure_logging
 from app.api.playground import playground_router
 from app.bootstrap import build_container
 from app.cli.plugin import FlowgateCLIPlugin
@@ -23,8 +22,9 @@ from app.infra.sql.config import make_sqlalchemy_config
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
-    log_redaction.install()
-    _configure_logging(settings.log_level)
+    # Also for ``uvicorn app.api.asgi:create_app --factory``, which formats its own lines
+    # until here (``app run`` gives uvicorn the same configuration from the start).
+    configure_logging(settings.log_level, settings.log_format)
     # One SQL config for the repositories and for the plugin's `app database ...` commands.
     sql = make_sqlalchemy_config(settings.database_url)
 
@@ -54,6 +54,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # advanced-alchemy's plugin for the engine's lifespan and `app database ...`.
         plugins=[SQLAlchemyInitPlugin(config=sql), FlowgateCLIPlugin()],
         openapi_config=None,
+        # No logging configuration of Litestar's own: it would give the root logger its
+        # handler and format; its ``litestar`` logger goes through flowgate's instead.
+        logging_config=None,
     )
     # The plugin also adds a before-send hook that closes request-scoped sessions. flowgate
     # opens none (each repository call is its own unit of work), and any such hook makes
@@ -61,15 +64,3 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # most of Litestar's share of a round trip. flowgate registers no hook of its own.
     app.before_send.clear()
     return app
-
-
-def _configure_logging(level: str) -> None:
-    """flowgate's own loggers (``app.*``) write beside uvicorn's, in its format."""
-    logger = logging.getLogger("app")
-    logger.setLevel(level)
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)-9s %(name)s: %(message)s"))
-        handler.addFilter(log_redaction.RedactTokens())
-        logger.addHandler(handler)
-        logger.propagate = False

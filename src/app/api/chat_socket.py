@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl
 from litestar import WebSocket, websocket
 
 from app.bootstrap import Container
+from app.domain import log_context
 from app.domain.admission import Admission, AdmissionRequest, TokenSource
 from app.domain.rejections import Rejected, Rejection
 
@@ -122,6 +123,11 @@ async def serve(socket: WebSocket, flow_id: str, feature_name: str, container: C
     admission = await _admit(socket, flow_id, feature_name, container)
     if admission is None:
         return
+    # Every line of this connection (its own ASGI task) carries who and what it is.
+    log_context.bind(
+        chat_id=admission.chat_id, flow_id=admission.flow.id, user_id=admission.user.id
+    )
+    logger.info("admitted to feature %s", feature_name)
     try:
         session = await container.sessions.open(admission, SocketTransport(socket))
     except Exception:

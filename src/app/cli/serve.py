@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 import uvicorn
 
+from app.api.logs import logging_config
 from app.cli.common import fail
 from app.infra.settings import SettingsError, load_settings
 
@@ -55,4 +56,5 @@ def run_command(host: str, port: int, workers: int, ws_impl: str, forwarded_allo
         forwarded_allow_ips=forwarded_allow_ips,
         timeout_graceful_shutdown=int(settings.shutdown_grace),
         log_level=settings.log_level.lower(),
+        log_config=logging_config(settings.log_level, settings.log_format),
     )

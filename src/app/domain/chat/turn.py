@@ -21,7 +21,7 @@ from contextlib import aclosing
 from enum import Enum
 from typing import Any, Protocol
 
-from app.domain import frames
+from app.domain import frames, log_context
 from app.domain.chat.turn_frames import TurnFrames
 from app.domain.chats import Category, ChatMessage, MessageStatus, NewMessage, TurnRecord
 from app.domain.errors import DomainError, InvalidGraph, ModelError, StoreUnavailable
@@ -240,6 +240,13 @@ class Turn:
     # -- the task --------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        # Every line of the turn carries it (a turn may start from any connection of the chat).
+        log_context.bind(
+            chat_id=self.spec.chat_id,
+            flow_id=self.spec.flow_id,
+            user_id=self.spec.user_id,
+            turn_id=self.id,
+        )
         try:
             if not await self._store_question():
                 return
@@ -256,6 +263,7 @@ class Turn:
                 self.framer.frame("end", self.text, message_id=self.answer_id, status=self.status)
             )
             self._emit(self.framer.frame("close", ""))
+            logger.info("turn ended %s, %d characters", self.status, len(self.text))
         except asyncio.CancelledError:
             logger.info("turn %s of chat %s cancelled", self.id, self.spec.chat_id)
             raise
