@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
@@ -27,6 +28,7 @@ from app.domain.features.compute import ComputeFeature
 from app.domain.features.translate import TranslateFeature
 from app.domain.graph import GraphRuntime, RuntimeServices, default_registry, validate_graph
 from app.domain.health import StoreHealth
+from app.domain.metrics import NO_METRICS, Metrics
 from app.domain.ports import (
     BuildStore,
     ChatFanOut,
@@ -62,6 +64,7 @@ from app.infra.redis.client import make_redis
 from app.infra.redis.counter import RedisConnectionCounter
 from app.infra.redis.keys import RedisKeys
 from app.infra.redis.lease import RedisLease
+from app.infra.redis.metrics import NO_BUS_METRICS
 from app.infra.redis.turn_log import RedisTurnLog
 from app.infra.settings import Settings
 from app.infra.sql.build_store import SqlBuildStore
@@ -71,6 +74,9 @@ from app.infra.sql.repositories import SqlChatRepository, SqlFlowRepository
 from app.infra.translate.libretranslate import LibreTranslateTranslator
 from app.infra.translate.llm import ChatModelTranslator
 from app.infra.translate.marker import MarkerTranslator
+
+if TYPE_CHECKING:
+    from app.infra.metrics import PrometheusMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +106,8 @@ class Adapters:
     #: Store name -> a call that fails if the store does not answer (``GET /ready``).
     checks: dict[str, Check] = field(default_factory=dict)
     closers: list[Closer] = field(default_factory=list)
+    #: Where the services report (``GET /metrics``); by default nowhere.
+    metrics: Metrics = NO_METRICS
 
 
 def in_process_adapters(
@@ -151,6 +159,7 @@ class Container:
     rooms: ChatRooms
     health: StoreHealth
     closers: list[Closer] = field(default_factory=list)
+    metrics: Metrics = NO_METRICS
     #: Set on SIGTERM: new connections are refused with 1012 ``service restart``.
     draining: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -213,7 +222,8 @@ def compose(settings: Settings, adapters: Adapters) -> Container:
             runtime=runtime,
             history_turns=settings.history_turns,
             turn_timeout=settings.turn_timeout,
-            store_retry=RetryPolicy(budget=settings.store_retry),
+            store_retry=RetryPolicy(budget=settings.store_retry, metrics=adapters.metrics),
+            metrics=adapters.metrics,
         ),
         lease_ttl=settings.turn_lease,
         process_id=adapters.process_id,
@@ -233,7 +243,7 @@ def compose(settings: Settings, adapters: Adapters) -> Container:
     for factory in iter_feature_entry_points():
         features.register(factory(services))
 
-    health = StoreHealth(adapters.checks)
+    health = StoreHealth(adapters.checks, metrics=adapters.metrics)
     connections = ConnectionRegistry()
     admission = AdmissionService(
         verifier=adapters.verifier,
@@ -258,6 +268,7 @@ def compose(settings: Settings, adapters: Adapters) -> Container:
             send_buffer=settings.send_buffer,
             locale=settings.locale,
         ),
+        metrics=adapters.metrics,
     )
     return Container(
         settings=settings,
@@ -276,18 +287,30 @@ def compose(settings: Settings, adapters: Adapters) -> Container:
         rooms=rooms,
         health=health,
         closers=adapters.closers,
+        metrics=adapters.metrics,
     )
 
 
 async def build_container(
-    settings: Settings, sql: SQLAlchemyAsyncConfig | None = None
+    settings: Settings, sql: SQLAlchemyAsyncConfig | None = None, *, with_metrics: bool = False
 ) -> Container:
-    return compose(settings, await build_adapters(settings, sql))
+    return compose(settings, await build_adapters(settings, sql, with_metrics=with_metrics))
 
 
-async def build_adapters(settings: Settings, sql: SQLAlchemyAsyncConfig | None = None) -> Adapters:
-    """The real adapters the settings name."""
-    closers: list[Closer] = []
+async def build_adapters(
+    settings: Settings, sql: SQLAlchemyAsyncConfig | None = None, *, with_metrics: bool = False
+) -> Adapters:
+    """The real adapters the settings name; with ``with_metrics`` (the server), Prometheus
+    metrics in a registry of their own (the CLI reports nothing, and imports no
+    prometheus-client)."""
+    metrics: PrometheusMetrics | None = None
+    if with_metrics:
+        from prometheus_client import CollectorRegistry
+
+        from app.infra.metrics import PrometheusMetrics, process_exiting
+
+        metrics = PrometheusMetrics(CollectorRegistry())
+    closers: list[Closer] = [process_exiting] if metrics is not None else []
     checks: dict[str, Check] = {}
     http = httpx.AsyncClient(timeout=httpx.Timeout(settings.llm.timeout, connect=5.0))
     closers.append(http.aclose)
@@ -314,6 +337,8 @@ async def build_adapters(settings: Settings, sql: SQLAlchemyAsyncConfig | None =
             turn_log_ttl=settings.turn_log_ttl,
         )
         adapters.checks, adapters.closers = checks, closers
+        if metrics is not None:
+            adapters.metrics = metrics
         return adapters
 
     process_id = uuid.uuid4().hex[:12]
@@ -330,9 +355,10 @@ async def build_adapters(settings: Settings, sql: SQLAlchemyAsyncConfig | None =
         # A running turn's log outlives the longest a turn can take, its stores retried.
         live_ttl=settings.turn_timeout + settings.store_retry + settings.turn_log_ttl,
         cluster=isinstance(redis, RedisCluster),
+        metrics=metrics or NO_BUS_METRICS,
     )
     closers.append(log.aclose)
-    channels = RedisChannels(redis, keys, origin=origin)
+    channels = RedisChannels(redis, keys, origin=origin, metrics=metrics or NO_BUS_METRICS)
     closers.append(channels.aclose)
     counter = RedisConnectionCounter(redis, keys)
     closers.append(counter.aclose)
@@ -351,6 +377,7 @@ async def build_adapters(settings: Settings, sql: SQLAlchemyAsyncConfig | None =
         process_id=process_id,
         checks=checks,
         closers=closers,
+        metrics=metrics or NO_METRICS,
     )
 
 

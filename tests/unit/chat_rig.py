@@ -10,9 +10,10 @@ import os
 from typing import Any
 from unittest import mock
 
-from app.bootstrap import Container, compose, in_process_adapters
+from app.bootstrap import Check, Container, compose, in_process_adapters
 from app.domain.admission import Admission
 from app.domain.flows import Flow, FlowStatus
+from app.domain.metrics import Metrics
 from app.domain.session import SocketSession
 from app.domain.users import User
 from app.infra.memory import MemoryStore
@@ -47,6 +48,8 @@ class Process:
         store: MemoryStore | None = None,
         chats: FakeChatRepository | None = None,
         chat_model: Any = None,
+        metrics: Metrics | None = None,
+        checks: dict[str, Check] | None = None,
         **overrides: Any,
     ) -> None:
         self.store = store or MemoryStore()
@@ -62,6 +65,10 @@ class Process:
             store=self.store,
         )
         self.channels = adapters.fanout
+        if metrics is not None:
+            adapters.metrics = metrics
+        if checks is not None:
+            adapters.checks = checks
         options = {"turn_timeout": 5.0, "history_turns": 2, "store_retry": 1.0, **overrides}
         self.container: Container = compose(settings(**options), adapters)
         self.rooms = self.container.rooms

@@ -13,6 +13,7 @@ from app.api.chat_socket import chat_endpoint, feature_endpoint
 from app.api.graceful_shutdown import GracefulShutdown
 from app.api.health import health, ready
 from app.api.logs import configure_logging
+from app.api.metrics import metrics
 from app.api.playground import playground_router
 from app.bootstrap import build_container
 from app.cli.plugin import FlowgateCLIPlugin
@@ -30,7 +31,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        container = await build_container(settings, sql)
+        container = await build_container(settings, sql, with_metrics=True)
         app.state.container = container
         await container.start()
         shutdown = GracefulShutdown(container.drain)
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ready,
             asyncapi_json,
             playground_router,
+            metrics,
         ],
         lifespan=[lifespan],
         # advanced-alchemy's plugin for the engine's lifespan and `app database ...`.

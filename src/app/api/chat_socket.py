@@ -15,6 +15,7 @@ from litestar import WebSocket, websocket
 from app.bootstrap import Container
 from app.domain import log_context
 from app.domain.admission import Admission, AdmissionRequest, TokenSource
+from app.domain.metrics import Limit
 from app.domain.rejections import Rejected, Rejection
 
 logger = logging.getLogger(__name__)
@@ -92,10 +93,15 @@ async def _admit(
     A coroutine of its own, so that the request (and its raw token) is gone with its frame
     once admitted, instead of living in :func:`serve`'s frame as long as the socket.
     """
-    locale = container.settings.locale
+    locale, metrics = container.settings.locale, container.metrics
     try:
-        return await container.admission.admit(_admission_request(socket, flow_id, feature_name))
+        admission = await container.admission.admit(
+            _admission_request(socket, flow_id, feature_name)
+        )
     except Rejected as rejected:
+        metrics.admission(rejected.rejection)
+        if rejected.rejection is Rejection.TOO_MANY_CONNECTIONS:
+            metrics.limit_reached(Limit.CONNECTIONS_PER_USER)
         logger.info(
             "refused %s for flow %s: %s (%s)",
             feature_name,
@@ -105,8 +111,12 @@ async def _admit(
         )
         await _close(socket, rejected.rejection, locale)
     except Exception:
+        metrics.admission(Rejection.INTERNAL)
         logger.exception("admission failed unexpectedly for flow %s", flow_id)
         await _close(socket, Rejection.INTERNAL, locale)
+    else:
+        metrics.admission(None)
+        return admission
     return None
 
 
@@ -118,6 +128,7 @@ async def serve(socket: WebSocket, flow_id: str, feature_name: str, container: C
     """
     await socket.accept()
     if container.draining:  # SIGTERM: this process is going; the client retries elsewhere
+        container.metrics.admission(Rejection.SERVICE_RESTART)
         await _close(socket, Rejection.SERVICE_RESTART, container.settings.locale)
         return
     admission = await _admit(socket, flow_id, feature_name, container)

@@ -23,6 +23,7 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from app.domain.admission import Admission
+from app.domain.metrics import NO_METRICS, Limit, Metrics
 from app.domain.rejections import Rejection
 from app.domain.users import User
 
@@ -58,6 +59,7 @@ class Connection:
         "holding",
         "id",
         "locale",
+        "metrics",
         "transport",
         "user",
         "watermark",
@@ -69,12 +71,15 @@ class Connection:
         transport: Transport,
         locale: str = "en",
         send_buffer: int = DEFAULT_SEND_BUFFER,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.id = next(_ids)
         self.admission = admission
         self.user: User = admission.user
         self.transport = transport
         self.locale = locale
+        #: Where the socket's limits report (shared by every connection of the process).
+        self.metrics = metrics
         self.closed = False
         #: Set by the room while a ``resume`` answers: the chat's frames are held back (the
         #: resume sends them, in order, from what the room keeps).
@@ -174,6 +179,7 @@ class Connection:
         self._queued = 0
 
     def _fell_behind(self) -> None:
+        self.metrics.limit_reached(Limit.SLOW_CONSUMER)
         writer = self._writer
         self._gone()
         if writer is not None:

@@ -23,6 +23,7 @@ from app.domain.connection import Connection
 from app.domain.errors import InvalidToken, StoreUnavailable
 from app.domain.features.base import Feature, UnknownAction
 from app.domain.frames import ErrorCode
+from app.domain.metrics import Limit
 from app.domain.ports import TokenVerifier
 from app.domain.rejections import Rejection
 
@@ -85,6 +86,7 @@ class FrameDispatcher:
         connection = self._connection
         retry_after = self.retry_after()
         if retry_after:
+            connection.metrics.limit_reached(Limit.RATE)
             await connection.send(
                 frames.error(ErrorCode.RATE_LIMITED, "too many messages", retry_after)
             )

@@ -11,6 +11,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
+from app.domain.metrics import NO_METRICS, Metrics
+
 logger = logging.getLogger(__name__)
 
 INTERVAL = 1.0
@@ -20,9 +22,16 @@ Check = Callable[[], Awaitable[object]]
 
 
 class StoreHealth:
-    def __init__(self, checks: Mapping[str, Check], *, interval: float = INTERVAL) -> None:
+    def __init__(
+        self,
+        checks: Mapping[str, Check],
+        *,
+        interval: float = INTERVAL,
+        metrics: Metrics = NO_METRICS,
+    ) -> None:
         self._checks = dict(checks)
         self._interval = interval
+        self._metrics = metrics
         self.down: set[str] = set()
 
     def any_down(self) -> bool:
@@ -52,5 +61,6 @@ class StoreHealth:
                 await self._checks[name]()
         except Exception as exc:  # whatever the driver raises, the store does not answer
             logger.debug("%s check failed: %s", name, exc)
+            self._metrics.store_failed(name)
             return False
         return True

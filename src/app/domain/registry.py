@@ -14,8 +14,12 @@ class ConnectionRegistry:
     def add(self, connection: Connection) -> None:
         self._connections.add(connection)
 
-    def remove(self, connection: Connection) -> None:
-        self._connections.discard(connection)
+    def remove(self, connection: Connection) -> bool:
+        """Forget ``connection``; whether it was here."""
+        if connection not in self._connections:
+            return False
+        self._connections.remove(connection)
+        return True
 
     def __iter__(self) -> Iterator[Connection]:
         return iter(list(self._connections))

@@ -6,10 +6,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from app.domain.errors import StoreUnavailable
+from app.domain.metrics import NO_METRICS, Metrics
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -18,11 +19,14 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RetryPolicy:
     """Try at once, then after 0.1 s, 0.2 s, 0.4 s ... (at most ``max_delay`` apart) until
-    ``budget`` seconds have passed since the first try; then the last error goes up."""
+    ``budget`` seconds have passed since the first try; then the last error goes up. Each
+    failed try is reported to ``metrics`` as an error of ``store``."""
 
     budget: float
     first_delay: float = 0.1
     max_delay: float = 2.0
+    store: str = "database"
+    metrics: Metrics = field(default=NO_METRICS, compare=False, repr=False)
 
     async def run(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         deadline = time.monotonic() + self.budget
@@ -32,6 +36,7 @@ class RetryPolicy:
             try:
                 return await call()
             except StoreUnavailable as exc:
+                self.metrics.store_failed(self.store)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise

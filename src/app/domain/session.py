@@ -16,6 +16,7 @@ from app.domain.connection import Connection, Transport
 from app.domain.dispatcher import FrameDispatcher
 from app.domain.errors import StoreUnavailable
 from app.domain.features.base import Feature, FeatureRegistry
+from app.domain.metrics import NO_METRICS, Limit, Metrics
 from app.domain.ports import TokenVerifier
 from app.domain.registry import ConnectionRegistry
 from app.domain.rejections import Rejection
@@ -53,6 +54,7 @@ class SocketSession:
     async def receive(self, data: bytes | str) -> None:
         """One frame from the client."""
         if len(data) > self._factory.limits.max_message_size:
+            self._factory.metrics.limit_reached(Limit.MESSAGE_SIZE)
             await self.connection.close(Rejection.MESSAGE_TOO_BIG)
             return
         await self._dispatcher.dispatch(data)
@@ -66,7 +68,8 @@ class SocketSession:
         self.connection.closed = True
         self._dispatcher.stop()
         factory = self._factory
-        factory.registry.remove(self.connection)
+        if factory.registry.remove(self.connection):  # once, however often it is closed
+            factory.metrics.socket_closed(self.connection.admission.feature)
         try:
             await self._feature.closed(self.connection)
         finally:
@@ -87,21 +90,26 @@ class Sessions:
         admission: AdmissionService,
         registry: ConnectionRegistry,
         limits: SessionLimits,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.features = features
         self.verifier = verifier
         self.admission = admission
         self.registry = registry
         self.limits = limits
+        self.metrics = metrics
 
     async def open(self, admission: Admission, transport: Transport) -> SocketSession:
         feature = self.features.get(admission.feature)
         assert feature is not None  # admission checked it
         limits = self.limits
-        connection = Connection(admission, transport, limits.locale, limits.send_buffer)
+        connection = Connection(
+            admission, transport, limits.locale, limits.send_buffer, self.metrics
+        )
         dispatcher = FrameDispatcher(connection, feature, self.verifier, limits.messages_per_second)
         session = SocketSession(connection, feature, dispatcher, self)
         self.registry.add(connection)
+        self.metrics.socket_opened(admission.feature)
         try:
             await feature.opened(connection)
         except BaseException:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from contextlib import aclosing
@@ -27,6 +28,7 @@ from app.domain.chats import Category, ChatMessage, MessageStatus, NewMessage, T
 from app.domain.errors import DomainError, InvalidGraph, ModelError, StoreUnavailable
 from app.domain.graph import CompiledGraph, GraphRuntime, TurnInput
 from app.domain.llm import ModelMessage
+from app.domain.metrics import NO_METRICS, Metrics, TurnReport
 from app.domain.ports import ChatRepository
 from app.domain.retry import RetryPolicy
 
@@ -102,12 +104,14 @@ class TurnServices:
         history_turns: int,
         turn_timeout: float,
         store_retry: RetryPolicy,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.chats = chats
         self.runtime = runtime
         self.history_turns = history_turns
         self.turn_timeout = turn_timeout
         self.store_retry = store_retry
+        self.metrics = metrics
         self._compile_cache: dict[bytes, CompiledGraph] = {}
 
     def compiled(self, graph: dict[str, Any]) -> CompiledGraph:
@@ -142,6 +146,9 @@ class _Ending(Enum):
 class Turn:
     __slots__ = (
         "_ending",
+        "_first_piece_at",
+        "_model_seconds",
+        "_pieces",
         "_streaming",
         "_task",
         "answer",
@@ -188,6 +195,10 @@ class Turn:
         self._ending: _Ending | None = None
         self._streaming = False
         self._task: asyncio.Task[None] | None = None
+        # What the metrics are told at the end (measured once, not per piece).
+        self._first_piece_at = 0.0
+        self._model_seconds: float | None = None
+        self._pieces = 0
 
     @property
     def text(self) -> str:
@@ -247,6 +258,8 @@ class Turn:
             user_id=self.spec.user_id,
             turn_id=self.id,
         )
+        started = time.monotonic()
+        cancelled = False
         try:
             if not await self._store_question():
                 return
@@ -265,12 +278,31 @@ class Turn:
             self._emit(self.framer.frame("close", ""))
             logger.info("turn ended %s, %d characters", self.status, len(self.text))
         except asyncio.CancelledError:
+            cancelled = True
             logger.info("turn %s of chat %s cancelled", self.id, self.spec.chat_id)
             raise
         except Exception:
             logger.exception("turn %s of chat %s failed", self.id, self.spec.chat_id)
         finally:
-            self.sink.turn_ended(self)
+            try:
+                self.sink.turn_ended(self)
+            finally:
+                self._report(started, cancelled)
+
+    def _report(self, started: float, cancelled: bool) -> None:
+        """The turn's numbers, once, at its end. Without a status it did not begin (its
+        question was not stored) or broke: ``failed``; or was abandoned: ``interrupted``."""
+        status = self.status or (MessageStatus.INTERRUPTED if cancelled else MessageStatus.FAILED)
+        first = self._first_piece_at
+        self.services.metrics.turn_ended(
+            TurnReport(
+                status=status,
+                seconds=time.monotonic() - started,
+                first_piece=first - started if first else None,
+                model_seconds=self._model_seconds,
+                pieces=self._pieces,
+            )
+        )
 
     async def _store_question(self) -> bool:
         if self.spec.chat_id is None:
@@ -291,16 +323,21 @@ class Turn:
         """Run the flow; the status the answer ends with, and why it failed if it did."""
         services, spec = self.services, self.spec
         self._streaming = True
+        model_started = 0.0
         try:
             compiled = services.compiled(spec.graph)
             history = await services.memory(spec, self.id) if compiled.reads_history else []
             turn_input = TurnInput(text=spec.text, inputs=spec.inputs, history=history)
+            model_started = time.monotonic()
+            answer = self.answer
             async with (
                 asyncio.timeout(services.turn_timeout),
                 aclosing(services.runtime.run(compiled, turn_input)) as pieces,
             ):
                 async for piece in pieces:
-                    self.answer.append(piece)
+                    if not answer:  # the only per-piece cost of the metrics: counted at the end
+                        self._first_piece_at = time.monotonic()
+                    answer.append(piece)
                     self._emit(self.framer.stream(piece))
         except asyncio.CancelledError:
             if self._ending is None:
@@ -314,13 +351,19 @@ class Turn:
             return MessageStatus.FAILED, f"the turn took longer than {services.turn_timeout:g} s"
         except InvalidGraph as exc:
             return MessageStatus.FAILED, f"the flow's graph is invalid: {exc}"
-        except (ModelError, StoreUnavailable) as exc:
+        except ModelError as exc:
+            services.metrics.model_failed()
+            return MessageStatus.FAILED, str(exc)
+        except StoreUnavailable as exc:
             return MessageStatus.FAILED, str(exc)
         except DomainError as exc:
             logger.warning("turn %s failed: %s", self.id, exc)
             return MessageStatus.FAILED, "the turn failed"
         finally:
             self._streaming = False
+            if model_started:
+                self._model_seconds = time.monotonic() - model_started
+            self._pieces = len(self.answer)
         return MessageStatus.COMPLETE, None
 
     async def _store_answer(self) -> None:

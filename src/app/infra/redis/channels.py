@@ -2,8 +2,10 @@
 one pub/sub connection and one reader task per process (per node on a Redis Cluster, with
 sharded pub/sub), whatever the number of chats or sockets.
 
-A chat's channel ``{prefix}{chat:<id>}`` carries ``F<origin>|<turn>|<first seq>\\n<frames>``
-(published by :class:`~app.infra.redis.turn_log.RedisTurnLog` after logging them) and
+A chat's channel ``{prefix}{chat:<id>}`` carries
+``F<origin>@<sent ms>|<turn>|<first seq>\\n<frames>`` (published by
+:class:`~app.infra.redis.turn_log.RedisTurnLog` after logging them; a header without
+``@<sent ms>``, from a process before it, is read the same, without a lag) and
 ``S<origin>`` (stop the running turn). A process ignores what it sent itself. When the
 connection drops, the reader reconnects with backoff, subscribes again and tells the listener
 to resynchronise from the turn logs (what was published meanwhile is lost to pub/sub).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
@@ -27,6 +30,7 @@ from app.domain.ports import ControlListener, FanOutListener
 from app.infra.redis.client import AnyRedis
 from app.infra.redis.errors import UNAVAILABLE, redis_errors_as_unavailable
 from app.infra.redis.keys import RedisKeys
+from app.infra.redis.metrics import NO_BUS_METRICS, BusMetrics
 from app.infra.redis.turn_log import FRAME, STOP
 
 logger = logging.getLogger(__name__)
@@ -35,8 +39,16 @@ RECONNECT_DELAY_MAX = 2.0
 
 
 class RedisChannels:
-    def __init__(self, redis: AnyRedis, keys: RedisKeys, *, origin: bytes) -> None:
+    def __init__(
+        self,
+        redis: AnyRedis,
+        keys: RedisKeys,
+        *,
+        origin: bytes,
+        metrics: BusMetrics = NO_BUS_METRICS,
+    ) -> None:
         self._redis = redis
+        self._metrics = metrics
         self._keys = keys
         self._origin = origin
         self._cluster = isinstance(redis, RedisCluster)
@@ -107,7 +119,10 @@ class RedisChannels:
         chat_id = self._keys.chat_of(name)
         if kind == FRAME and self._listener is not None:
             header, _, payload = body.partition(b"\n")
-            _, turn_id, first = header.split(b"|")
+            sender, turn_id, first = header.split(b"|", 3)[:3]
+            sent = sender.partition(b"@")[2]
+            if sent.isdigit():
+                self._metrics.delivered(time.time() - int(sent) / 1000)
             self._listener.on_frames(chat_id, turn_id.decode(), int(first), payload.split(b"\n"))
         elif kind == STOP and self._control is not None:
             self._control.on_stop(chat_id)

@@ -7,7 +7,10 @@ latest turn record.
   JSON frames never contain raw). The entry id is ``0-<last position + 1>``, so a batch written
   twice (a retry after a lost reply) is refused as a duplicate, and readers drop any overlap.
 - ``{prefix}{chat:<id>}:turn``: the latest turn's record (JSON).
-- channel ``{prefix}{chat:<id>}`` (sharded on a cluster): ``F<origin>|<turn>|<first>\\n<frames>``.
+- channel ``{prefix}{chat:<id>}`` (sharded on a cluster):
+  ``F<origin>@<sent ms>|<turn>|<first>\\n<frames>``, ``<sent ms>`` the publish time (Unix
+  milliseconds), for the receivers' delivery lag. It rides on the origin field, which readers
+  before it ignored, so that processes of either version read each other's frames.
 
 Nothing waits for Redis on the way: appends are queued and written together every
 :data:`FLUSH_DELAY` (one pipeline: records, then per turn one XADD, one PEXPIRE and one
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -32,6 +36,7 @@ from app.domain.turn_log import LogSlice
 from app.infra.redis.client import AnyRedis
 from app.infra.redis.errors import UNAVAILABLE, redis_errors_as_unavailable
 from app.infra.redis.keys import RedisKeys
+from app.infra.redis.metrics import NO_BUS_METRICS, BusMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +75,10 @@ class RedisTurnLog:
         ttl: float,
         live_ttl: float,
         cluster: bool = False,
+        metrics: BusMetrics = NO_BUS_METRICS,
     ) -> None:
         self._redis = redis
+        self._metrics = metrics
         self._keys = keys
         self._origin = origin
         self._ttl_ms = int(ttl * 1000)
@@ -86,6 +93,7 @@ class RedisTurnLog:
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._lost_contact = False
+        self._closed = False
 
     # -- writing (never waits) ---------------------------------------------------------------
 
@@ -119,7 +127,7 @@ class RedisTurnLog:
         self._kick()
 
     async def flush(self) -> None:
-        if not self._queue and self._flusher is None:
+        if self._closed or (not self._queue and self._flusher is None):
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -167,7 +175,7 @@ class RedisTurnLog:
     # -- the writer --------------------------------------------------------------------------
 
     def _kick(self, now: bool = False) -> None:
-        if self._flusher is not None:
+        if self._flusher is not None or self._closed:
             return
         if now or len(self._queue) >= FLUSH_NOW_FRAMES:
             if self._timer is not None:
@@ -194,6 +202,7 @@ class RedisTurnLog:
                     self._lost_contact = False
                     delay = 0.1
                 except Exception as exc:  # unreachable, or refusing: keep the frames, retry
+                    self._metrics.publish_failed()
                     if not self._lost_contact:
                         logger.error("turn log: writing failed (%r); keeping frames", exc)
                     self._lost_contact = True
@@ -222,6 +231,7 @@ class RedisTurnLog:
 
     async def _write(self, ops: list[TurnRecord | tuple[str, str, int, int]]) -> None:
         keys = self._keys
+        sent = b"%s@%d" % (self._origin, time.time() * 1000)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for op in ops:
@@ -237,7 +247,7 @@ class RedisTurnLog:
                     log_key = keys.log(chat_id, turn_id)
                     pipe.xadd(log_key, {b"s": str(start), b"f": payload}, id=f"0-{stop}")
                     pipe.pexpire(log_key, self._live_ttl_ms)
-                    header = b"%s%s|%s|%d\n" % (FRAME, self._origin, turn_id.encode(), start)
+                    header = b"%s%s|%s|%d\n" % (FRAME, sent, turn_id.encode(), start)
                     pipe.execute_command(self._publish, keys.channel(chat_id), header + payload)
                 results = await pipe.execute(raise_on_error=False)
         except BaseException:
@@ -326,6 +336,8 @@ class RedisTurnLog:
                 waiter.set_exception(StoreUnavailable(f"redis unavailable: {type(exc).__name__}"))
 
     async def aclose(self) -> None:
+        # Closed, the writer is not started again (what is left stays unwritten).
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
