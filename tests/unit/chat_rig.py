@@ -10,7 +10,7 @@ import os
 from typing import Any
 from unittest import mock
 
-from app.bootstrap import Check, Container, compose, in_process_adapters
+from app.bootstrap import Container, compose, in_process_adapters
 from app.domain.admission import Admission
 from app.domain.flows import Flow, FlowStatus
 from app.domain.metrics import Metrics
@@ -49,7 +49,6 @@ class Process:
         chats: FakeChatRepository | None = None,
         chat_model: Any = None,
         metrics: Metrics | None = None,
-        checks: dict[str, Check] | None = None,
         **overrides: Any,
     ) -> None:
         self.store = store or MemoryStore()
@@ -67,8 +66,6 @@ class Process:
         self.channels = adapters.fanout
         if metrics is not None:
             adapters.metrics = metrics
-        if checks is not None:
-            adapters.checks = checks
         options = {"turn_timeout": 5.0, "history_turns": 2, "store_retry": 1.0, **overrides}
         self.container: Container = compose(settings(**options), adapters)
         self.rooms = self.container.rooms
