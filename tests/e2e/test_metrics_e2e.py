@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import uuid
 from pathlib import Path
 
 import httpx
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import Server, make_server
@@ -111,15 +109,14 @@ async def test_metrics_move_with_sockets_turns_and_refusals(tmp_path: Path) -> N
 
 @pytest.mark.integration
 async def test_metrics_in_multiprocess_mode_sum_two_workers(
-    tmp_path: Path, pg_database_url: str, redis_url: str
+    tmp_path: Path, pg_database_url: str, redis_url: str, redis_prefix: str
 ) -> None:
     """``app run --workers 2`` on PostgreSQL and Redis: whichever worker answers a scrape, it
     counts both workers' sockets and turns."""
     directory = tmp_path / "prometheus"
     directory.mkdir()
-    prefix = f"flowgate-test:{uuid.uuid4().hex}:"
     server = make_server(
-        tmp_path, database_url=pg_database_url, redis_url=redis_url, redis_prefix=prefix
+        tmp_path, database_url=pg_database_url, redis_url=redis_url, redis_prefix=redis_prefix
     )
     server.env["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
     server.start(sys.executable, "-m", "app", "run", "--workers", "2")
@@ -128,12 +125,5 @@ async def test_metrics_in_multiprocess_mode_sum_two_workers(
         assert len(list(directory.glob("counter_*.db"))) == 2, "two workers write their counters"
     finally:
         server.stop()
-        client = redis.Redis.from_url(redis_url)
-        try:
-            keys = list(client.scan_iter(match=f"{prefix}*"))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
     # A worker that stops says so: its live gauge files are gone.
     assert not list(directory.glob("gauge_livesum_*.db"))
