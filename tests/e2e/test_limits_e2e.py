@@ -12,8 +12,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import redis
 
+from tests.conftest import delete_prefix
 from tests.e2e.conftest import Server, make_server, scripted_graph
 from tests.e2e.wsclient import ask, close_of, opened
 
@@ -39,13 +39,7 @@ def pair(
     yield one, two
     one.stop()
     two.stop()
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    delete_prefix(redis_url, prefix)
 
 
 @pytest.mark.integration
