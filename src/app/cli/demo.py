@@ -1,18 +1,27 @@
-"""``app demo`` (a demo flow, online, and a token to chat with it) and ``app chat`` (a client)."""
+"""``app demo`` (the demo flow, online, and a token to chat with it) and ``app chat`` (a
+terminal client that reports a refused or dropped socket as one line: code and reason)."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
+import threading
 import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import msgspec
 
-from app.cli.common import container, run_async
-from app.infra.auth.token_issuer import issue_token
+from app.cli.common import container, fail, run_async
 
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
+
+DEMO_NAME = "demo"
 DEMO_OWNER = "demo"
+
 DEMO_GRAPH = {
     "nodes": [
         {"id": "input", "type": "ChatInput", "params": {}},
@@ -37,17 +46,44 @@ DEMO_GRAPH = {
 @click.option("--user-id", default="demo-user", show_default=True)
 @run_async
 async def demo(url: str, user_id: str) -> None:
-    """Create the demo flow (online) and print a token, its URL and a command to chat."""
+    """Create the demo flow once (online; later runs reuse it) and print a token, its URL and
+    a command to chat."""
+    from app.infra.auth.token_issuer import issue_token
+
     async with container() as c:
-        flow = await c.catalog.create(
-            name="demo", owner_id=DEMO_OWNER, graph=DEMO_GRAPH, online=True
-        )
+        existing = [
+            flow
+            for flow in await c.catalog.list()
+            if flow.owner_id == DEMO_OWNER and flow.name == DEMO_NAME
+        ]
+        if existing:
+            flow = existing[0]
+            if not flow.is_online:
+                flow = await c.catalog.set_online(flow.id, True)
+        else:
+            flow = await c.catalog.create(
+                name=DEMO_NAME, owner_id=DEMO_OWNER, graph=DEMO_GRAPH, online=True
+            )
         token = issue_token(c.settings.jwt, user_id=user_id, name=user_id, ttl_seconds=86400)
     chat_url = f"{url}/api/v1/chat/{flow.id}?t={token}&chat_id=demo-{uuid.uuid4().hex[:8]}"
     click.echo(f"flow:  {flow.id}")
     click.echo(f"token: {token}")
     click.echo(f"url:   {chat_url}")
-    click.echo(f"chat:  uv run app chat '{chat_url}' --message 'Hello flowgate'")
+    click.echo(f"chat:  {_this_command()} chat '{chat_url}' --message 'Hello flowgate'")
+
+
+def _this_command() -> str:
+    """How to run ``app`` again from here: ``uv run app`` when uv is on PATH, else the script
+    that runs now (``.venv/bin/app``), else ``python -m app``."""
+    if shutil.which("uv"):
+        return "uv run app"
+    script = Path(sys.argv[0])
+    if script.name == "app":
+        try:
+            return str(script.resolve().relative_to(Path.cwd()))
+        except ValueError:
+            return str(script)
+    return f"{sys.executable} -m app"
 
 
 class _Frame(msgspec.Struct):
@@ -63,43 +99,102 @@ _decode = msgspec.json.Decoder(_Frame).decode
 @click.command(name="chat")
 @click.argument("url")
 @click.option("--message", "-m", default=None, help="Send this and exit after the answer.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait per answer.")
+@click.option(
+    "--timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds to wait for the answer to --message.",
+)
 def chat(url: str, message: str | None, timeout: float) -> None:
-    """Chat over a flowgate WebSocket URL; answers stream to stdout."""
+    """Chat over a flowgate WebSocket URL; answers stream to stdout, one message per line of
+    stdin (or --message). A refused or dropped socket is one line: its close code and reason."""
+    from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
+
     try:
         asyncio.run(_chat(url, message, timeout))
-    except (OSError, TimeoutError) as exc:
-        raise click.ClickException(f"cannot chat: {exc}") from None
+    except ConnectionClosed as closed:
+        raise fail(_closed(closed)) from None
+    except InvalidURI:
+        raise fail("cannot chat: not a ws:// or wss:// URL") from None
+    except TimeoutError:
+        raise fail(f"cannot chat: no answer within {timeout:g} s") from None
+    except (OSError, WebSocketException) as exc:
+        raise fail(f"cannot chat: {exc}") from None
+
+
+def _closed(closed: Exception) -> str:
+    """``closed by the server: 1008 Unauthorized``, or that the connection was lost."""
+    received = getattr(closed, "rcvd", None)
+    if received is None:
+        return "connection lost: the server closed it without a close frame"
+    reason = f" {received.reason}" if received.reason else ""
+    return f"closed by the server: {received.code}{reason}"
 
 
 async def _chat(url: str, message: str | None, timeout: float) -> None:
     from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
 
-    async with connect(url, open_timeout=10) as socket:
-        lines = [message] if message is not None else (line.rstrip("\n") for line in sys.stdin)
-        for line in lines:
-            if not line:
-                continue
-            await socket.send(msgspec.json.encode({"inputs": {"input": line}}).decode())
-            try:
-                async with asyncio.timeout(timeout):
-                    await _print_answer(socket)
-            except ConnectionClosed as closed:
-                raise click.ClickException(
-                    f"closed by the server: {closed.rcvd.code if closed.rcvd else ''} "
-                    f"{closed.rcvd.reason if closed.rcvd else ''}"
-                ) from None
+    # The token travels in the URL; websockets never logs it unless asked to.
+    async with connect(url, open_timeout=10, close_timeout=5) as socket:
+        if message is not None:
+            await socket.send(_chat_frame(message))
+            async with asyncio.timeout(timeout):
+                await _print_frames(socket, until_turn_ends=True)
+            return
+        await _interactive(socket)
 
 
-async def _print_answer(socket: object) -> None:
-    async for raw in socket:  # type: ignore[attr-defined]
-        frame = _decode(raw)
-        if frame.type == "stream":
+async def _interactive(socket: ClientConnection) -> None:
+    """Send each line of stdin; print what arrives meanwhile. stdin is read in a daemon thread
+    so that the socket keeps answering the server's heartbeats while nobody types."""
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\n"))
+        loop.call_soon_threadsafe(lines.put_nowait, None)
+
+    threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
+    receiver = asyncio.create_task(_print_frames(socket, until_turn_ends=False))
+    try:
+        while True:
+            next_line = asyncio.create_task(lines.get())
+            await asyncio.wait({next_line, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if receiver.done():
+                next_line.cancel()
+                receiver.result()  # the socket closed: raises ConnectionClosed
+                return
+            line = next_line.result()
+            if line is None:
+                return
+            if line:
+                await socket.send(_chat_frame(line))
+    finally:
+        receiver.cancel()
+
+
+def _chat_frame(text: str) -> str:
+    return msgspec.json.encode({"inputs": {"input": text}}).decode()
+
+
+async def _print_frames(socket: ClientConnection, *, until_turn_ends: bool) -> None:
+    """Print answers as they stream. With ``until_turn_ends``, return when the turn closes
+    (or fail on an error frame that started no turn). A closed socket raises
+    ``ConnectionClosed``, even a clean close: the server ended the chat."""
+    started = False
+    while True:
+        frame = _decode(await socket.recv())
+        if frame.type == "begin":
+            started = True
+        elif frame.type == "stream":
             click.echo(frame.message, nl=False)
         elif frame.type == "error":
+            if until_turn_ends and not started and frame.code != "turn_failed":
+                raise fail(f"[error {frame.code}] {frame.message}")
             click.echo(f"\n[error {frame.code}] {frame.message}", err=True)
         elif frame.type == "end":
             click.echo(f"\n[{frame.status}]", err=True)
-        elif frame.type == "close":
+        elif frame.type == "close" and until_turn_ends:
             return

@@ -76,7 +76,7 @@ def _number(
     raw = _env(name)
     if raw is None:
         return default
-    bound = f"at least {minimum}" if inclusive else f"greater than {minimum}"
+    bound = f"at least {minimum:g}" if inclusive else f"greater than {minimum:g}"
     try:
         value = parse(raw.strip())
     except ValueError:
