@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
-from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
+from advanced_alchemy.config import SQLAlchemyAsyncConfig
 
 from app.domain.admission import AdmissionService
 from app.domain.catalog import FlowCatalog
@@ -38,9 +38,6 @@ from app.infra.cache import CachedFlowRepository
 from app.infra.llm.openai import OpenAIChatModel
 from app.infra.llm.scripted import ScriptedChatModel
 from app.infra.plugins import iter_feature_entry_points, load_node_types
-from app.infra.redis.build_store import RedisBuildStore
-from app.infra.redis.chat_bus import RedisChatBus
-from app.infra.redis.client import make_redis
 from app.infra.settings import Settings
 from app.infra.sql.build_store import SqlBuildStore
 from app.infra.sql.config import make_sqlalchemy_config
@@ -125,6 +122,11 @@ async def build_container(
     builds: BuildStore
     bus: ChatBus
     if settings.redis_url:
+        # Imported here: a deployment without Redis never loads redis-py.
+        from app.infra.redis.build_store import RedisBuildStore
+        from app.infra.redis.chat_bus import RedisChatBus
+        from app.infra.redis.client import make_redis
+
         redis = make_redis(settings.redis_url)
         closers.append(redis.aclose)
         checks["redis"] = redis.ping

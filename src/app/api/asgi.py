@@ -15,12 +15,12 @@ from app.api.graceful_shutdown import GracefulShutdown
 from app.api.health import health, ready
 from app.bootstrap import build_container
 from app.cli.plugin import FlowgateCLIPlugin
-from app.infra.settings import Settings, load_settings
+from app.infra.settings import Settings, load_settings_or_exit
 from app.infra.sql.config import make_sqlalchemy_config
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
-    settings = settings or load_settings()
+    settings = settings or load_settings_or_exit()  # a bad setting: one line, exit 1
     log_redaction.install()
     _configure_logging(settings.log_level)
     # One SQL config for the repositories and for the plugin's `app database ...` commands.

@@ -46,9 +46,10 @@ def load_settings_or_fail() -> Settings:
 async def container() -> AsyncIterator[Container]:
     settings = load_settings_or_fail()
     from app.bootstrap import build_container
+    from app.infra.sql.config import make_plain_sqlalchemy_config
 
     try:
-        built = await build_container(settings)
+        built = await build_container(settings, make_plain_sqlalchemy_config(settings.database_url))
     except SettingsError as exc:  # what only an adapter can check (a PEM key that does not parse)
         raise fail(str(exc)) from None
     try:

@@ -20,10 +20,10 @@ from app.cli.common import load_settings_or_fail
 @click.pass_context
 def database_group(ctx: click.Context) -> None:
     """Migrate the database (advanced-alchemy, alembic)."""
-    from app.infra.sql.config import make_sqlalchemy_config
+    from app.infra.sql.config import make_plain_sqlalchemy_config
 
     settings = load_settings_or_fail()
-    ctx.obj = {"configs": [make_sqlalchemy_config(settings.database_url)]}
+    ctx.obj = {"configs": [make_plain_sqlalchemy_config(settings.database_url)]}
 
 
 add_migration_commands(database_group)
