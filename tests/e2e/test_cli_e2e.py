@@ -105,15 +105,7 @@ def test_demo_prints_a_command_that_streams_an_answer(server: Server) -> None:
     command = next(line for line in out.splitlines() if line.startswith("chat:"))
     args = shlex.split(command.removeprefix("chat:").strip())
     # `uv run app chat ...` with uv on PATH, else the script or `python -m app` that ran.
-    args = args[args.index("chat") :]
-    result = subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        env=server.env,
-        cwd=server.workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _python(server, "-m", "app", *args[args.index("chat") :])
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("You said: Hello flowgate.")
     assert "[complete]" in result.stderr
@@ -132,6 +124,20 @@ def test_demo_reuses_its_flow(server: Server) -> None:
         ["online", "demo", "demo"]
     ]
     assert sum(1 for line in listed if line.endswith("\tdemo\tdemo")) == 1
+
+
+def _python(
+    server: Server, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """This Python with ``args``, in the server's directory and environment (plus ``env``)."""
+    return subprocess.run(
+        [sys.executable, *args],
+        env={**server.env, **(env or {})},
+        cwd=server.workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -200,30 +206,15 @@ def test_token_issue_prints_a_token_the_server_accepts(server: Server) -> None:
 def test_bad_settings_are_one_line_naming_the_variable(
     server: Server, args: tuple[str, ...], setting: str, value: str
 ) -> None:
-    env = {**server.env, f"FLOWGATE_{setting}": value}
-    result = subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        env=env,
-        cwd=server.workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _python(server, "-m", "app", *args, env={f"FLOWGATE_{setting}": value})
     line = _one_line_error(result)
     assert f"FLOWGATE_{setting}" in line
     assert "pw@" not in line
 
 
 def test_uvicorn_factory_reports_a_bad_setting_in_one_line(server: Server) -> None:
-    env = {**server.env, "FLOWGATE_MESSAGES_PER_SECOND": "0"}
-    result = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "app.api.asgi:create_app", "--factory", "--port", "1"],
-        env=env,
-        cwd=server.workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    factory = ("-m", "uvicorn", "app.api.asgi:create_app", "--factory", "--port", "1")
+    result = _python(server, *factory, env={"FLOWGATE_MESSAGES_PER_SECOND": "0"})
     line = _one_line_error(result)
     assert "FLOWGATE_MESSAGES_PER_SECOND" in line
 
@@ -244,14 +235,7 @@ _REPORT_MODULES = (
 
 
 def _modules_loaded_by(server: Server, *args: str) -> set[str]:
-    result = subprocess.run(
-        [sys.executable, "-c", _REPORT_MODULES, *args],
-        env=server.env,
-        cwd=server.workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _python(server, "-c", _REPORT_MODULES, *args)
     line = next(line for line in result.stderr.splitlines() if line.startswith("MODULES "))
     return set(line.split()[1:])
 
