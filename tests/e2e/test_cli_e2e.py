@@ -160,6 +160,33 @@ def test_chat_reports_a_refused_socket_in_one_line(server: Server) -> None:
         assert "not-a-jwt" not in line
 
 
+def test_chat_sends_each_line_of_stdin_and_prints_each_answer(server: Server) -> None:
+    flow = server.create_flow("u-lines", scripted_graph(delay=0.01))
+    url = f"{server.ws}/api/v1/chat/{flow}?t={server.token('u-lines')}&chat_id=c-lines"
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "chat", url],
+        input="first\n\nsecond\n",
+        env=server.env,
+        cwd=server.workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["first", "second"]  # the echo model's answers
+    assert result.stderr.count("[complete]") == 2
+    refused = subprocess.run(
+        [sys.executable, "-m", "app", "chat", url.replace("t=", "t=x")],
+        input="hello\n",
+        env=server.env,
+        cwd=server.workdir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert _one_line_error(refused) == "Error: closed by the server: 1008 Unauthorized"
+
+
 def test_chat_reports_an_unreachable_server_in_one_line(server: Server) -> None:
     port = server.port + 1 if server.port < 65535 else server.port - 1
     line = _one_line_error(server.cli("chat", f"ws://127.0.0.1:{port}/x", "-m", "hi", check=False))

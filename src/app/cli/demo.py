@@ -8,8 +8,9 @@ import shutil
 import sys
 import threading
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 import msgspec
@@ -18,6 +19,8 @@ from app.cli.common import container, fail, run_async
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
+
+T = TypeVar("T")
 
 DEMO_NAME = "demo"
 DEMO_OWNER = "demo"
@@ -140,14 +143,15 @@ async def _chat(url: str, message: str | None, timeout: float) -> None:
         if message is not None:
             await socket.send(_chat_frame(message))
             async with asyncio.timeout(timeout):
-                await _print_frames(socket, until_turn_ends=True)
+                await _print_frames(socket, None)
             return
-        await _interactive(socket)
+        await _interactive(socket, timeout)
 
 
-async def _interactive(socket: ClientConnection) -> None:
-    """Send each line of stdin; print what arrives meanwhile. stdin is read in a daemon thread
-    so that the socket keeps answering the server's heartbeats while nobody types."""
+async def _interactive(socket: ClientConnection, timeout: float) -> None:
+    """Send each line of stdin and print its answer; print what else arrives meanwhile (the
+    turns of other sockets of the chat). stdin is read in a daemon thread, so that the socket
+    keeps answering the server's heartbeats while nobody types, and a close is seen at once."""
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[str | None] = asyncio.Queue()
 
@@ -157,32 +161,43 @@ async def _interactive(socket: ClientConnection) -> None:
         loop.call_soon_threadsafe(lines.put_nowait, None)
 
     threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
-    receiver = asyncio.create_task(_print_frames(socket, until_turn_ends=False))
+    turn_over = asyncio.Event()
+    receiver = asyncio.create_task(_print_frames(socket, turn_over))
     try:
-        while True:
-            next_line = asyncio.create_task(lines.get())
-            await asyncio.wait({next_line, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            if receiver.done():
-                next_line.cancel()
-                receiver.result()  # the socket closed: raises ConnectionClosed
-                return
-            line = next_line.result()
-            if line is None:
-                return
-            if line:
-                await socket.send(_chat_frame(line))
+        while (line := await _unless_closed(lines.get(), receiver)) is not None:
+            if not line:
+                continue
+            turn_over.clear()
+            await socket.send(_chat_frame(line))
+            async with asyncio.timeout(timeout):
+                await _unless_closed(turn_over.wait(), receiver)
     finally:
         receiver.cancel()
+
+
+async def _unless_closed(awaitable: Awaitable[T], receiver: asyncio.Task[None]) -> T:
+    """``awaitable``'s result, unless the socket closes first: then its ``ConnectionClosed``."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        await asyncio.wait({task, receiver}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+    if task.done() and not task.cancelled():
+        return task.result()
+    receiver.result()  # raises the socket's ConnectionClosed
+    raise fail("connection ended")
 
 
 def _chat_frame(text: str) -> str:
     return msgspec.json.encode({"inputs": {"input": text}}).decode()
 
 
-async def _print_frames(socket: ClientConnection, *, until_turn_ends: bool) -> None:
-    """Print answers as they stream. With ``until_turn_ends``, return when the turn closes
-    (or fail on an error frame that started no turn). A closed socket raises
-    ``ConnectionClosed``, even a clean close: the server ended the chat."""
+async def _print_frames(socket: ClientConnection, turn_over: asyncio.Event | None) -> None:
+    """Print answers as they stream. Without ``turn_over`` (one ``--message``), return when
+    the turn closes, and fail on an error frame that started no turn; with it, set it then and
+    go on. A closed socket raises ``ConnectionClosed``, even a clean close: the server ended
+    the chat."""
     started = False
     while True:
         frame = _decode(await socket.recv())
@@ -191,10 +206,16 @@ async def _print_frames(socket: ClientConnection, *, until_turn_ends: bool) -> N
         elif frame.type == "stream":
             click.echo(frame.message, nl=False)
         elif frame.type == "error":
-            if until_turn_ends and not started and frame.code != "turn_failed":
+            if turn_over is None and not started and frame.code != "turn_failed":
                 raise fail(f"[error {frame.code}] {frame.message}")
             click.echo(f"\n[error {frame.code}] {frame.message}", err=True)
+            if not started and turn_over is not None:
+                turn_over.set()
         elif frame.type == "end":
-            click.echo(f"\n[{frame.status}]", err=True)
-        elif frame.type == "close" and until_turn_ends:
-            return
+            click.echo()  # the answer's line ends on stdout, its status goes to stderr
+            click.echo(f"[{frame.status}]", err=True)
+        elif frame.type == "close":
+            if turn_over is None:
+                return
+            started = False
+            turn_over.set()
