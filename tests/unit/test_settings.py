@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
 
 from app.infra import settings as settings_module
 from app.infra.settings import SettingsError, load_settings
+
+
+@functools.cache
+def _rsa_public_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +82,7 @@ def test_bad_values_name_the_variable(
 def test_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOWGATE_ALLOWED_ORIGINS", "https://a.example, https://b.example,")
     monkeypatch.setenv("FLOWGATE_JWT_ALGORITHMS", "RS256")
-    monkeypatch.setenv("FLOWGATE_JWT_PUBLIC_KEY", "-----BEGIN PUBLIC KEY-----")
+    monkeypatch.setenv("FLOWGATE_JWT_PUBLIC_KEY", _rsa_public_pem())
     settings = load_settings()
     assert settings.allowed_origins == ("https://a.example", "https://b.example")
     assert settings.jwt.secret is None  # no HMAC: no secret generated
@@ -271,6 +283,13 @@ def test_public_key_algorithms_need_a_key(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("FLOWGATE_JWT_PUBLIC_KEY", "not a pem")
     with pytest.raises(SettingsError, match="FLOWGATE_JWT_PUBLIC_KEY must be a PEM"):
         load_settings()
+    monkeypatch.setenv(
+        "FLOWGATE_JWT_PUBLIC_KEY", "-----BEGIN PUBLIC KEY-----\nbm9wZQ==\n-----END PUBLIC KEY-----"
+    )
+    with pytest.raises(SettingsError, match="not a PEM public key that RS256 can use"):
+        load_settings()
+    monkeypatch.setenv("FLOWGATE_JWT_PUBLIC_KEY", _rsa_public_pem())
+    assert load_settings().jwt.public_key == _rsa_public_pem()
     monkeypatch.delenv("FLOWGATE_JWT_PUBLIC_KEY")
     monkeypatch.setenv("FLOWGATE_JWT_JWKS_URL", "https://id.example/jwks.json")
     assert load_settings().jwt.jwks_url == "https://id.example/jwks.json"

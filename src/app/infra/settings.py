@@ -230,6 +230,8 @@ def _jwt_settings(environment: str) -> JWTSettings:
     if public_key is not None and "-----BEGIN" not in public_key:
         raise SettingsError("FLOWGATE_JWT_PUBLIC_KEY must be a PEM public key (-----BEGIN ...)")
     asymmetric = [alg for alg in algorithms if not alg.startswith("HS")]
+    if public_key is not None:
+        _check_public_key(public_key, asymmetric)
     if asymmetric and public_key is None and jwks_url is None:
         raise SettingsError(
             f"FLOWGATE_JWT_ALGORITHMS has {', '.join(asymmetric)}: "
@@ -244,6 +246,25 @@ def _jwt_settings(environment: str) -> JWTSettings:
         issuer=_env("JWT_ISSUER"),
         leeway=_float("JWT_LEEWAY", 10.0, inclusive=True),
     )
+
+
+def _check_public_key(public_key: str, algorithms: list[str]) -> None:
+    """The key parses for each algorithm it serves (as the verifier will parse it), so that a
+    bad key stops every entry point here, in one line, and not the server's start-up later.
+    pyjwt (and cryptography) are imported only when a public key is configured."""
+    from jwt.algorithms import get_default_algorithms
+    from jwt.exceptions import PyJWTError
+
+    available = get_default_algorithms()
+    for alg in algorithms:
+        if alg not in available:
+            raise SettingsError(f"FLOWGATE_JWT_ALGORITHMS: {alg} needs the cryptography package")
+        try:
+            available[alg].prepare_key(public_key)
+        except (PyJWTError, ValueError, TypeError):
+            raise SettingsError(
+                f"FLOWGATE_JWT_PUBLIC_KEY is not a PEM public key that {alg} can use"
+            ) from None
 
 
 def _jwt_secret(environment: str, algorithms: tuple[str, ...]) -> str | None:
