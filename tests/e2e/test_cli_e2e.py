@@ -6,6 +6,7 @@ import json
 import shlex
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -285,3 +286,15 @@ def test_flows_on_sqlite_import_no_unused_driver(server: Server) -> None:
     loaded = _modules_loaded_by(server, "flows", "list")
     assert {"sqlalchemy", "aiosqlite"} <= loaded  # the probe works
     assert not loaded & {"redis", "asyncpg", "alembic", "uvicorn"}, loaded
+
+
+def test_database_upgrade_migrates_a_new_database_and_says_so(server: Server) -> None:
+    url = f"sqlite+aiosqlite:///{server.workdir}/fresh-{uuid.uuid4().hex[:8]}.db"
+    env = {"FLOWGATE_DATABASE_URL": url}
+    upgraded = _python(server, "-m", "app", "database", "upgrade", "--no-prompt", env=env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "Running upgrade  -> 0001" in upgraded.stderr
+    current = _python(server, "-m", "app", "db", "show-current-revision", env=env)
+    assert "(head)" in current.stdout, current.stdout
+    listed = _python(server, "-m", "app", "flows", "list", env=env)
+    assert listed.stdout == "ID\tSTATUS\tOWNER\tNAME\n"

@@ -10,6 +10,8 @@ commands and options, without building the app.
 
 from __future__ import annotations
 
+import logging
+
 import click
 from advanced_alchemy.cli import add_migration_commands
 
@@ -23,6 +25,10 @@ def database_group(ctx: click.Context) -> None:
     from app.infra.sql.config import make_plain_sqlalchemy_config
 
     settings = load_settings_or_fail()
+    # alembic says which migrations it ran through logging; the Litestar app used to configure
+    # it, and this group builds no app. The format is the one of flowgate's own log lines.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)-9s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.INFO)
     ctx.obj = {"configs": [make_plain_sqlalchemy_config(settings.database_url)]}
 
 
