@@ -314,3 +314,15 @@ def test_load_settings_or_exit_prints_one_line_and_exits_1(
     assert exited.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "FLOWGATE_MESSAGES_PER_SECOND" in err
+
+
+def test_an_unknown_flowgate_variable_is_warned_about_not_refused(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("FLOWGATE_MESAGES_PER_SECOND", "0")  # a typo
+    monkeypatch.setenv("FLOWGATE_PORT", "9000")  # read by `app run`
+    with caplog.at_level("WARNING", logger="app.infra.settings"):
+        settings = load_settings()
+    assert settings.messages_per_second == 20.0
+    warned = [record.getMessage() for record in caplog.records]
+    assert warned == ["FLOWGATE_MESAGES_PER_SECOND is not a flowgate setting; it is ignored"]

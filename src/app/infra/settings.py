@@ -11,6 +11,7 @@ nothing (``app token issue`` reads them and should start at once).
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import sys
@@ -54,12 +55,18 @@ _FALSE = ("false", "0", "no")
 
 N = TypeVar("N", int, float)
 
+#: ``FLOWGATE_*`` variables read somewhere else: ``app run``'s options and the module constant.
+READ_ELSEWHERE = frozenset({"FLOWGATE_HOST", "FLOWGATE_PORT", "FLOWGATE_VAR_DIR"})
+_read: set[str] = set()
+logger = logging.getLogger(__name__)
+
 
 class SettingsError(ValueError):
     """A setting has a value flowgate cannot run with; the message says which and why."""
 
 
 def _env(name: str, default: str | None = None) -> str | None:
+    _read.add(f"FLOWGATE_{name}")
     value = os.environ.get(f"FLOWGATE_{name}")
     return value if value not in (None, "") else default
 
@@ -329,6 +336,17 @@ def _origins() -> tuple[str, ...]:
 def load_settings() -> Settings:
     """Read and check every ``FLOWGATE_*`` setting; raise :class:`SettingsError` (one line,
     naming the variable) on the first bad one."""
+    _read.clear()
+    settings = _read_settings()
+    for name in sorted(set(os.environ) - _read - READ_ELSEWHERE):
+        if name.startswith("FLOWGATE_"):
+            # Not an error: a typo is likelier than a setting of a newer flowgate, but either
+            # way the server can run. It is said, though, rather than silently ignored.
+            logger.warning("%s is not a flowgate setting; it is ignored", name)
+    return settings
+
+
+def _read_settings() -> Settings:
     environment = (_env("ENVIRONMENT", "development") or "development").strip()
     translator, libretranslate_url = _translator()
     model = (_env("LLM_MODEL", "gpt-4o-mini") or "gpt-4o-mini").strip()
