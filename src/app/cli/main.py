@@ -84,7 +84,10 @@ class LazyGroup(click.Group):
         return self.commands.get(name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, self.lazy[name].help) for name in self.list_commands(ctx)]
+        rows = [
+            (name, self.lazy[name].help if name in self.lazy else self.commands[name].help or "")
+            for name in self.list_commands(ctx)
+        ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
