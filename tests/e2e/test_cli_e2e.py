@@ -128,11 +128,12 @@ def test_demo_reuses_its_flow(server: Server) -> None:
 
 
 def _python(
-    server: Server, *args: str, env: dict[str, str] | None = None
+    server: Server, *args: str, env: dict[str, str] | None = None, stdin: str = ""
 ) -> subprocess.CompletedProcess[str]:
     """This Python with ``args``, in the server's directory and environment (plus ``env``)."""
     return subprocess.run(
         [sys.executable, *args],
+        input=stdin,
         env={**server.env, **(env or {})},
         cwd=server.workdir,
         capture_output=True,
@@ -164,27 +165,11 @@ def test_chat_reports_a_refused_socket_in_one_line(server: Server) -> None:
 def test_chat_sends_each_line_of_stdin_and_prints_each_answer(server: Server) -> None:
     flow = server.create_flow("u-lines", scripted_graph(delay=0.01))
     url = f"{server.ws}/api/v1/chat/{flow}?t={server.token('u-lines')}&chat_id=c-lines"
-    result = subprocess.run(
-        [sys.executable, "-m", "app", "chat", url],
-        input="first\n\nsecond\n",
-        env=server.env,
-        cwd=server.workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _python(server, "-m", "app", "chat", url, stdin="first\n\nsecond\n")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["first", "second"]  # the echo model's answers
     assert result.stderr.count("[complete]") == 2
-    refused = subprocess.run(
-        [sys.executable, "-m", "app", "chat", url.replace("t=", "t=x")],
-        input="hello\n",
-        env=server.env,
-        cwd=server.workdir,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    refused = _python(server, "-m", "app", "chat", url.replace("t=", "t=x"), stdin="hello\n")
     assert _one_line_error(refused) == "Error: closed by the server: 1008 Unauthorized"
 
 

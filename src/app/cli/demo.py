@@ -156,9 +156,12 @@ async def _interactive(socket: ClientConnection, timeout: float) -> None:
     lines: asyncio.Queue[str | None] = asyncio.Queue()
 
     def read_stdin() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\n"))
-        loop.call_soon_threadsafe(lines.put_nowait, None)
+        try:
+            for line in sys.stdin:
+                loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\n"))
+            loop.call_soon_threadsafe(lines.put_nowait, None)
+        except RuntimeError:  # the loop closed first: the chat is over, nobody reads lines
+            return
 
     threading.Thread(target=read_stdin, name="stdin", daemon=True).start()
     turn_over = asyncio.Event()
