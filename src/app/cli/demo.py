@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from websockets.asyncio.client import ClientConnection
 
 T = TypeVar("T")
+#: Seconds ``app chat`` waits for the WebSocket handshake.
+OPEN_TIMEOUT = 10.0
 
 DEMO_NAME = "demo"
 DEMO_OWNER = "demo"
@@ -107,7 +109,7 @@ _decode = msgspec.json.Decoder(_Frame).decode
     default=60.0,
     show_default=True,
     type=click.FloatRange(min=0, min_open=True),
-    help="Seconds to wait for the answer to --message.",
+    help="Seconds to wait for each answer.",
 )
 def chat(url: str, message: str | None, timeout: float) -> None:
     """Chat over a flowgate WebSocket URL; answers stream to stdout, one message per line of
@@ -121,7 +123,9 @@ def chat(url: str, message: str | None, timeout: float) -> None:
     except InvalidURI:
         raise fail("cannot chat: not a ws:// or wss:// URL") from None
     except TimeoutError:
-        raise fail(f"cannot chat: no answer within {timeout:g} s") from None
+        raise fail(
+            f"cannot chat: timed out ({OPEN_TIMEOUT:g} s to connect, {timeout:g} s per answer)"
+        ) from None
     except (OSError, WebSocketException) as exc:
         raise fail(f"cannot chat: {exc}") from None
 
@@ -139,7 +143,7 @@ async def _chat(url: str, message: str | None, timeout: float) -> None:
     from websockets.asyncio.client import connect
 
     # The token travels in the URL; websockets never logs it unless asked to.
-    async with connect(url, open_timeout=10, close_timeout=5) as socket:
+    async with connect(url, open_timeout=OPEN_TIMEOUT, close_timeout=5) as socket:
         if message is not None:
             await socket.send(_chat_frame(message))
             async with asyncio.timeout(timeout):
