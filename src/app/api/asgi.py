@@ -16,12 +16,12 @@ from app.api.logs import configure_logging
 from app.api.playground import playground_router
 from app.bootstrap import build_container
 from app.cli.plugin import FlowgateCLIPlugin
-from app.infra.settings import Settings, load_settings
+from app.infra.settings import Settings, load_settings_or_exit
 from app.infra.sql.config import make_sqlalchemy_config
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
-    settings = settings or load_settings()
+    settings = settings or load_settings_or_exit()  # a bad setting: one line, exit 1
     # Also for ``uvicorn app.api.asgi:create_app --factory``, which formats its own lines
     # until here (``app run`` gives uvicorn the same configuration from the start).
     configure_logging(settings.log_level, settings.log_format)
