@@ -27,7 +27,8 @@ MIN_SECRET_BYTES = 32
 #: The database URL schemes flowgate runs on (the driver is part of the scheme).
 DATABASE_SCHEMES = ("sqlite+aiosqlite", "postgresql+asyncpg")
 #: What redis-py's ``from_url`` understands.
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+# ``redis+cluster``: a Redis Cluster seed node, as FLOWGATE_REDIS_CLUSTER=true says.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster")
 HTTP_SCHEMES = ("http", "https")
 #: pyjwt's signing algorithms ("none" is not one of them, on purpose).
 JWT_ALGORITHMS = (
