@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import httpx
-from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
-from redis.asyncio.cluster import RedisCluster
+from advanced_alchemy.config import SQLAlchemyAsyncConfig
 
 from app.domain.admission import AdmissionService
 from app.domain.catalog import FlowCatalog
@@ -58,14 +57,6 @@ from app.infra.memory import (
     MemoryStore,
 )
 from app.infra.plugins import iter_feature_entry_points, load_node_types
-from app.infra.redis.build_store import RedisBuildStore
-from app.infra.redis.channels import RedisChannels
-from app.infra.redis.client import make_redis
-from app.infra.redis.counter import RedisConnectionCounter
-from app.infra.redis.keys import RedisKeys
-from app.infra.redis.lease import RedisLease
-from app.infra.redis.metrics import NO_BUS_METRICS
-from app.infra.redis.turn_log import RedisTurnLog
 from app.infra.settings import Settings
 from app.infra.sql.build_store import SqlBuildStore
 from app.infra.sql.config import make_sqlalchemy_config
@@ -340,6 +331,18 @@ async def build_adapters(
         if metrics is not None:
             adapters.metrics = metrics
         return adapters
+
+    # Imported here: a deployment without Redis (and the CLI on SQLite) never loads redis-py.
+    from redis.asyncio.cluster import RedisCluster
+
+    from app.infra.redis.build_store import RedisBuildStore
+    from app.infra.redis.channels import RedisChannels
+    from app.infra.redis.client import make_redis
+    from app.infra.redis.counter import RedisConnectionCounter
+    from app.infra.redis.keys import RedisKeys
+    from app.infra.redis.lease import RedisLease
+    from app.infra.redis.metrics import NO_BUS_METRICS
+    from app.infra.redis.turn_log import RedisTurnLog
 
     process_id = uuid.uuid4().hex[:12]
     origin = process_id.encode()

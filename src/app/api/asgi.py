@@ -7,7 +7,10 @@ from contextlib import asynccontextmanager
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyInitPlugin
 from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 
+from app.api.asyncapi import VERSION as ASYNCAPI_VERSION
 from app.api.asyncapi import asyncapi_json
 from app.api.chat_socket import chat_endpoint, feature_endpoint
 from app.api.graceful_shutdown import GracefulShutdown
@@ -17,12 +20,12 @@ from app.api.metrics import metrics
 from app.api.playground import playground_router
 from app.bootstrap import build_container
 from app.cli.plugin import FlowgateCLIPlugin
-from app.infra.settings import Settings, load_settings
+from app.infra.settings import Settings, load_settings_or_exit
 from app.infra.sql.config import make_sqlalchemy_config
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
-    settings = settings or load_settings()
+    settings = settings or load_settings_or_exit()  # a bad setting: one line, exit 1
     # Also for ``uvicorn app.api.asgi:create_app --factory``, which formats its own lines
     # until here (``app run`` gives uvicorn the same configuration from the start).
     configure_logging(settings.log_level, settings.log_format)
@@ -55,7 +58,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         lifespan=[lifespan],
         # advanced-alchemy's plugin for the engine's lifespan and `app database ...`.
         plugins=[SQLAlchemyInitPlugin(config=sql), FlowgateCLIPlugin()],
-        openapi_config=None,
+        # The HTTP routes' OpenAPI document at /schema/openapi.json (and `app schema openapi`),
+        # rendered as JSON or YAML only: the HTML renderers load scripts from a CDN. The chat
+        # protocol itself is the AsyncAPI document, /asyncapi.json.
+        openapi_config=OpenAPIConfig(
+            title="flowgate",
+            version=ASYNCAPI_VERSION,
+            path="/schema",
+            render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],
+        ),
         # No logging configuration of Litestar's own: it would give the root logger its
         # handler and format; its ``litestar`` logger goes through flowgate's instead.
         logging_config=None,

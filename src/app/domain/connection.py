@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import deque
 from collections.abc import Coroutine
 from typing import Any, Protocol
@@ -27,9 +28,13 @@ from app.domain.metrics import NO_METRICS, Limit, Metrics
 from app.domain.rejections import Rejection
 from app.domain.users import User
 
+logger = logging.getLogger(__name__)
 _ids = itertools.count(1)
 #: Seconds a close may take to be written (a peer that reads nothing never drains its socket).
 CLOSE_TIMEOUT = 5.0
+#: A slow consumer's close waits behind what its socket still holds, for as long as a client
+#: that reads at all needs; one that reads nothing is ended by the server's heartbeat first.
+SLOW_CLOSE_TIMEOUT = 120.0
 DEFAULT_SEND_BUFFER = 1 << 20
 
 
@@ -180,17 +185,21 @@ class Connection:
 
     def _fell_behind(self) -> None:
         self.metrics.limit_reached(Limit.SLOW_CONSUMER)
+        logger.warning(
+            "connection %s fell %d bytes behind its chat's frames: closing 4008",
+            self.id,
+            self._queued,
+        )
         writer = self._writer
         self._gone()
         if writer is not None:
             writer.cancel()
-        _in_background(self._close_transport(Rejection.SLOW_CONSUMER))
+        _in_background(self._close_transport(Rejection.SLOW_CONSUMER, SLOW_CLOSE_TIMEOUT))
 
-    async def _close_transport(self, rejection: Rejection) -> None:
+    async def _close_transport(self, rejection: Rejection, timeout: float = CLOSE_TIMEOUT) -> None:
         try:
             await asyncio.wait_for(
-                self.transport.close(rejection.code, rejection.reason(self.locale)),
-                CLOSE_TIMEOUT,
+                self.transport.close(rejection.code, rejection.reason(self.locale)), timeout
             )
         except Exception:  # closed by the peer already, or it reads nothing: nothing to tell
             pass

@@ -37,10 +37,17 @@ def replay(
         flow_id=flow_id, chat_id=chat_id, user_id=question.user_id, turn_id=question.turn_id
     )
     if answer is None:  # only when the turn could not be finished yet (its store is away)
-        end = turn.replay("end", "", status=MessageStatus.FAILED)
+        end = turn.frame("end", "", status=MessageStatus.FAILED, numbered=False)
     else:
-        end = turn.replay("end", answer.message, message_id=answer.id, status=answer.status)
-    begin = turn.replay(
-        "begin", question.message, category="question", is_bot=False, message_id=question.id
+        end = turn.frame(
+            "end", answer.message, message_id=answer.id, status=answer.status, numbered=False
+        )
+    begin = turn.frame(
+        "begin",
+        question.message,
+        category="question",
+        is_bot=False,
+        message_id=question.id,
+        numbered=False,
     )
-    return [begin, end, turn.replay("close", "")]
+    return [begin, end, turn.frame("close", "", numbered=False)]

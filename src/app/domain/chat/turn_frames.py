@@ -40,8 +40,13 @@ class TurnFrames:
         is_bot: bool = True,
         message_id: int | None = None,
         status: str | None = None,
+        numbered: bool = True,
     ) -> bytes:
-        return self._encode(type_, message, category, is_bot, message_id, status, self._take())
+        """The next frame of the turn; ``numbered=False``: a frame of a stored turn sent again
+        (a repeated ``client_msg_id``), with no position, since it is a summary of the turn,
+        not one of its frames."""
+        seq = self._take() if numbered else None
+        return self._encode(type_, message, category, is_bot, message_id, status, seq)
 
     def stream(self, piece: str) -> bytes:
         """A ``stream`` frame: the per-piece cost of a streamed answer, so only ``message`` and
@@ -101,17 +106,3 @@ class TurnFrames:
                 status=status,
             )
         )
-
-    def replay(
-        self,
-        type_: str,
-        message: str,
-        *,
-        category: str = Category.ANSWER,
-        is_bot: bool = True,
-        message_id: int | None = None,
-        status: str | None = None,
-    ) -> bytes:
-        """A frame of a stored turn sent again (a repeated ``client_msg_id``): no position,
-        since it is a summary of the turn, not one of its frames."""
-        return self._encode(type_, message, category, is_bot, message_id, status, None)
