@@ -3,7 +3,8 @@
 Admission parameters and forged identities close with 1008 and the rule's reason; bad frames
 on an open socket get an error frame naming the JSON path; limits (frame size, rate, the
 HTTP layer's request bounds) answer with their documented code or HTTP status. At the end the
-server still serves a normal turn, and its whole log holds no traceback and no 1011.
+server still serves a normal turn, and its whole log holds no traceback and no 1011. The
+suite runs twice: on the embedded SQLite, and on PostgreSQL with Redis (marked integration).
 """
 
 from __future__ import annotations
@@ -48,9 +49,25 @@ class Target:
         return f"{self.server.ws}/api/v1/chat/{flow or self.flow}?{suffix}"
 
 
-@pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    server = make_server(tmp_path_factory.mktemp("hostile"), messages_per_second="20")
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)],
+)
+def target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Target]:
+    """One server per backend: the embedded SQLite, and PostgreSQL with Redis (whose driver
+    refuses a NUL or a number past 64 bits, where SQLite would store it)."""
+    stores: dict[str, str] = {}
+    if request.param == "postgres":
+        stores = {
+            "database_url": request.getfixturevalue("pg_database_url"),
+            "redis_url": request.getfixturevalue("redis_url"),
+            "redis_prefix": f"flowgate-test:{uuid.uuid4().hex}:",
+        }
+    server = make_server(
+        tmp_path_factory.mktemp(f"hostile-{request.param}"), messages_per_second="20", **stores
+    )
     server.start()
     yield Target(server)
     server.stop()
