@@ -1,4 +1,4 @@
-"""Hostile input against one real server (issue 9): every case gets the protocol's answer.
+"""Hostile input against a real server (issue 9): every case gets the protocol's answer.
 
 Admission parameters and forged identities close with 1008 and the rule's reason; bad frames
 on an open socket get an error frame naming the JSON path; limits (frame size, rate, the
@@ -212,10 +212,11 @@ async def test_bad_frame_gets_invalid_message_with_its_path(
         assert (await ask(ws, {"action": "ping"})) == {"type": "pong"}  # still open
 
 
-@pytest.mark.parametrize("frame", ["{not json", '"\\udc00"', "\x00", '{"a": 1'])
-async def test_frame_that_is_not_json_gets_invalid_json(target: Target, frame: str) -> None:
+@pytest.mark.parametrize("frame", ["{not json", '"\\udc00"', "\x00", '{"a": 1', b"\xff\xfe{}"])
+async def test_frame_that_is_not_json_gets_invalid_json(target: Target, frame: str | bytes) -> None:
     async with opened(target.url()) as ws:
-        reply = await ask(ws, frame)
+        await ws.send(frame)  # bytes: a binary frame
+        reply = await recv(ws)
         assert (reply["type"], reply["code"]) == ("error", "invalid_json"), reply
         assert (await ask(ws, {"action": "ping"})) == {"type": "pong"}
 
@@ -338,6 +339,8 @@ CHAT = b"GET /api/v1/chat/x"
         ),
         (b"\x16\x03\x01\x02\x00garbage\r\n\r\n", {400}),
         (b"GET /health?" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n", {400}),
+        (CHAT + b"?t=\xff\xfe HTTP/1.1\r\n" + HANDSHAKE + b"\r\n", {400}),
+        (CHAT + b" HTTP/1.1\r\n" + HANDSHAKE + b"X-A: a\x00b\r\n\r\n", {400}),
     ],
     ids=[
         "request line 100 KB",
@@ -348,6 +351,8 @@ CHAT = b"GET /api/v1/chat/x"
         "upgrade without key",
         "not HTTP",
         "incomplete head past 16 KiB",
+        "raw bytes in the query",
+        "NUL in a header",
     ],
 )
 def test_requests_the_http_layer_refuses_get_a_status_and_a_close(
