@@ -57,9 +57,14 @@ def check_depth(raw: bytes | str, limit: int = MAX_DEPTH) -> None:
     are removed a few times (which shrinks wide arrays to nothing), and the running depth of
     what is left is summed run by run.
     """
-    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    if data.count(b"[") + data.count(b"{") <= limit:
+    if isinstance(raw, str):
+        if raw.count("[") + raw.count("{") <= limit:
+            return
+        data = raw.encode("utf-8", "surrogatepass")
+    elif raw.count(b"[") + raw.count(b"{") <= limit:
         return
+    else:
+        data = raw
     brackets = _STRING.sub(b"", data).translate(_BRACKETS_AS_SQUARE, _NOT_BRACKETS)
     too_deep = TooDeep(f"Frame nests deeper than {limit} levels - at `$`")
     if b"[" * (limit + 1) in brackets:
