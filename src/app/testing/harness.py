@@ -192,7 +192,9 @@ class Gateway:
     attribute (``flows``, ``chats``, ``builds``, ``verifier``, ``chat_model``, ``translator``),
     so a test arranges and inspects state through them. Several gateways sharing one
     ``store`` (and ``chats``) are several processes sharing one Redis (and database).
-    ``settings`` overrides flowgate's settings by field name (``turn_timeout=5.0``).
+    ``settings`` overrides flowgate's settings by field name (``turn_timeout=5.0``). The
+    server's background work (store health checks, lease renewal, the sweeper) is not started;
+    ``await gateway.container.start()`` starts it.
     """
 
     def __init__(
