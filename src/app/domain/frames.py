@@ -190,6 +190,8 @@ class ErrorFrame(msgspec.Struct, tag_field="type", tag="error", omit_defaults=Tr
 
 
 class ErrorCode:
+    """The ``code`` of an ``error`` frame (PROTOCOL.md §5); the socket stays open."""
+
     INVALID_JSON = "invalid_json"
     INVALID_MESSAGE = "invalid_message"
     UNKNOWN_ACTION = "unknown_action"
@@ -206,8 +208,10 @@ PONG = ENCODER.encode(PongFrame())
 
 
 def encode(frame: object) -> bytes:
+    """``frame`` (a msgspec Struct, a dict, a list...) as the JSON bytes of one text frame."""
     return ENCODER.encode(frame)
 
 
 def error(code: str, message: str, retry_after: float | None = None) -> bytes:
+    """An ``error`` frame: ``{"type": "error", "code": code, "message": message}``."""
     return ENCODER.encode(ErrorFrame(code=code, message=message, retry_after=retry_after))
