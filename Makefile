@@ -28,8 +28,8 @@ bench: install
 	$(UV) run python -m bench
 
 lint: install
-	$(UV) run ruff check src tests
-	$(UV) run mypy src
+	$(UV) run ruff check src tests examples
+	$(UV) run mypy src examples/sentiment/src
 
 # Starts the local PostgreSQL and Redis that the integration tests use, if they are not up.
 services:

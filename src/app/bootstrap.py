@@ -11,9 +11,9 @@ import asyncio
 import functools
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from advanced_alchemy.config import SQLAlchemyAsyncConfig
@@ -22,10 +22,16 @@ from app.domain.admission import AdmissionService
 from app.domain.catalog import FlowCatalog
 from app.domain.chat import ChatFeature, ChatRooms
 from app.domain.chat.turn import TurnServices
-from app.domain.features import FeatureRegistry, FeatureServices
+from app.domain.features import FeatureFactory, FeatureRegistry, FeatureServices
 from app.domain.features.compute import ComputeFeature
 from app.domain.features.translate import TranslateFeature
-from app.domain.graph import GraphRuntime, RuntimeServices, default_registry, validate_graph
+from app.domain.graph import (
+    GraphRuntime,
+    NodeType,
+    RuntimeServices,
+    default_registry,
+    validate_graph,
+)
 from app.domain.health import StoreHealth
 from app.domain.metrics import NO_METRICS, Metrics
 from app.domain.ports import (
@@ -189,10 +195,24 @@ class Container:
                 logger.exception("closing an adapter failed")
 
 
-def compose(settings: Settings, adapters: Adapters) -> Container:
-    """The services of one process, over ``adapters``."""
+def compose(
+    settings: Settings,
+    adapters: Adapters,
+    *,
+    feature_factories: Iterable[FeatureFactory] | None = None,
+    node_types: Iterable[NodeType[Any]] | None = None,
+) -> Container:
+    """The services of one process, over ``adapters``.
+
+    Beside the built-ins, the features and node types of the installed entry points; or, when
+    given (``app.testing`` does), exactly ``feature_factories`` and ``node_types``.
+    """
     nodes = default_registry()
-    load_node_types(nodes)
+    if node_types is None:
+        load_node_types(nodes)
+    else:
+        for node_type in node_types:
+            nodes.register(node_type)
     runtime = GraphRuntime(
         nodes, RuntimeServices(chat_model=adapters.chat_model, translator=adapters.translator)
     )
@@ -231,7 +251,8 @@ def compose(settings: Settings, adapters: Adapters) -> Container:
         chat_model=adapters.chat_model,
         translator=adapters.translator,
     )
-    for factory in iter_feature_entry_points():
+    factories = iter_feature_entry_points() if feature_factories is None else feature_factories
+    for factory in factories:
         features.register(factory(services))
 
     health = StoreHealth(adapters.checks, metrics=adapters.metrics)

@@ -1,6 +1,6 @@
 """Every port's contract runs against its fake and against each real adapter.
 
-A backend name picks the adapter: ``fake`` (tests/fakes.py), ``sqlite`` and ``postgresql``
+A backend name picks the adapter: ``fake`` (app.testing), ``sqlite`` and ``postgresql``
 (the SQL adapters on a fresh migrated database), ``redis``. Tests that open a store twice get
 two independent clients (two engines, two Redis pools), as two processes would have.
 """

@@ -16,6 +16,7 @@ from app.domain.errors import StoreUnavailable
 from app.domain.ports import BuildStore
 from app.infra.redis.build_store import RedisBuildStore
 from app.infra.sql.build_store import SqlBuildStore
+from app.testing import FakeBuildStore
 from tests.contract.conftest import (
     BUILD_BACKENDS,
     CALL_TIMEOUT,
@@ -26,7 +27,6 @@ from tests.contract.conftest import (
     database_url,
     unreachable_database_url,
 )
-from tests.fakes import FakeBuildStore
 
 OpenBuilds = Callable[[], BuildStore]
 TTL = 60

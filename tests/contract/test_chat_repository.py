@@ -16,6 +16,7 @@ from app.domain.chats import Category, ChatSession, MessageStatus, NewMessage
 from app.domain.errors import StoreUnavailable
 from app.domain.ports import ChatRepository
 from app.infra.sql.repositories import SqlChatRepository
+from app.testing import FakeChatRepository
 from tests.contract.conftest import (
     CALL_TIMEOUT,
     FAKE,
@@ -24,7 +25,6 @@ from tests.contract.conftest import (
     database_url,
     unreachable_database_url,
 )
-from tests.fakes import FakeChatRepository
 
 OpenChats = Callable[[], ChatRepository]
 

@@ -11,6 +11,7 @@ from app.domain.errors import NotFound, StoreUnavailable
 from app.domain.flows import FlowStatus
 from app.domain.ports import FlowRepository
 from app.infra.sql.repositories import SqlFlowRepository
+from app.testing import FakeFlowRepository
 from tests.contract.conftest import (
     CALL_TIMEOUT,
     FAKE,
@@ -19,7 +20,6 @@ from tests.contract.conftest import (
     database_url,
     unreachable_database_url,
 )
-from tests.fakes import FakeFlowRepository
 
 GRAPH = {
     "nodes": [

@@ -10,7 +10,7 @@ import pytest
 from app.domain.errors import ModelError
 from app.domain.llm import ModelMessage
 from app.infra.translate import ChatModelTranslator, LibreTranslateTranslator, MarkerTranslator
-from tests.fakes import FakeChatModel
+from app.testing import FakeChatModel
 from tests.integration.stub_server import Handler, Reply, Request, StubServer, unused_port
 
 API_KEY = "lt-key-0123456789"

@@ -14,7 +14,7 @@ from app.domain.flows import FlowStatus
 from app.domain.rejections import Rejected, Rejection
 from app.domain.users import User
 from app.infra.memory import InProcessConnectionCounter
-from tests.fakes import FakeBuildStore, FakeChatRepository, FakeFlowRepository, FakeTokenVerifier
+from app.testing import FakeBuildStore, FakeChatRepository, FakeFlowRepository, FakeTokenVerifier
 
 GRAPH = {"nodes": [], "edges": []}
 

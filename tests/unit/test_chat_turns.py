@@ -10,7 +10,7 @@ import pytest
 
 from app.domain.errors import ModelError
 from app.domain.llm import ModelMessage
-from tests.fakes import FakeChatModel
+from app.testing import FakeChatModel
 from tests.unit.chat_rig import LLM, Process, scripted
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from app.domain.chats import TurnState
 from app.infra.memory import MemoryStore
-from tests.fakes import FakeChatRepository, FakeTransport
+from app.testing import FakeChatRepository, FakeTransport
 from tests.unit.chat_rig import Process, scripted
 
 REPLY = "one two three four five six seven eight"

@@ -14,7 +14,7 @@ from app.domain.features.compute import ComputeFeature
 from app.domain.features.translate import TranslateFeature
 from app.domain.flows import Flow, FlowStatus
 from app.domain.users import User
-from tests.fakes import FakeTokenVerifier, FakeTranslator, FakeTransport
+from app.testing import FakeTokenVerifier, FakeTranslator, FakeTransport
 
 ALICE = User(id="alice", expires_at=time.time() + 3600)
 

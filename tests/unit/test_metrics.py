@@ -24,7 +24,7 @@ from app.domain.rejections import Rejection
 from app.infra.metrics import PrometheusMetrics, exposition
 from app.infra.redis.channels import RedisChannels
 from app.infra.redis.keys import RedisKeys
-from tests.fakes import FakeChatModel
+from app.testing import FakeChatModel
 from tests.unit.chat_rig import LLM, Process, scripted
 from tests.unit.test_chat_turns import FailingModel
 
@@ -160,6 +160,20 @@ async def test_limits_report_rate_message_size_and_slow_consumer() -> None:
     await rig.settle()
     assert slow.closed_with == (4008, "slow consumer")
     assert metrics.count("limit", Limit.SLOW_CONSUMER) == 1
+
+
+async def test_a_flood_closed_past_its_rate_counts_each_refusal_and_the_close() -> None:
+    metrics = RecordingMetrics()
+    rig = Process(metrics=metrics, messages_per_second=1.0)
+    session, transport = await rig.connect(scripted("x"))
+    for _ in range(20):  # the flood allowance is a few frames: closed well before 20
+        await session.receive(b'{"action": "ping"}')
+        if transport.closed_with is not None:
+            break
+    assert transport.closed_with is not None and transport.closed_with[0] == 1008
+    refused = len(transport.of_type("error"))
+    assert refused > 0
+    assert metrics.count("limit", Limit.RATE) == refused + 1
 
 
 async def test_failed_health_checks_are_store_errors_by_store() -> None:

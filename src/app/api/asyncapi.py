@@ -45,7 +45,7 @@ SERVER_FRAMES: list[tuple[str, type[msgspec.Struct], str]] = [
 QUERY_PARAMETERS = {
     "t": "A JWT (else the Authorization: Bearer header, else the access_token_cookie cookie).",
     "chat_id": "The conversation: 1-64 characters of [A-Za-z0-9_-]; absent: debug the build.",
-    "version_id": "An integer: a version of the flow.",
+    "version_id": "A version of the flow: decimal digits, up to 2^63-1 (else: version not found).",
 }
 
 

@@ -50,7 +50,7 @@ def _admission_request(socket: WebSocket, flow_id: str, feature: str) -> Admissi
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
             token, source = credentials.strip(), TokenSource.HEADER
-    if token is None and (cookie := socket.cookies.get(TOKEN_COOKIE)):
+    if token is None and (cookie := _cookie(_header(socket, b"cookie"), TOKEN_COOKIE)):
         token, source = cookie, TokenSource.COOKIE
     return AdmissionRequest(
         flow_id=flow_id,
@@ -72,6 +72,20 @@ def _query(query_string: bytes) -> dict[str, str]:
         if key in _QUERY_KEYS and key not in found:
             found[key] = value
     return found
+
+
+def _cookie(header: str | None, name: str) -> str | None:
+    """The first cookie called ``name`` in a ``Cookie`` header (browsers send the most specific
+    first). Not ``socket.cookies``: that would keep every cookie in the scope for the socket's
+    life, the token among them."""
+    for pair in (header or "").split(";"):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip() == name:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            return value
+    return None
 
 
 def _header(socket: WebSocket, name: bytes) -> str | None:  # type: ignore[type-arg]
@@ -104,15 +118,15 @@ async def _admit(
             metrics.limit_reached(Limit.CONNECTIONS_PER_USER)
         logger.info(
             "refused %s for flow %s: %s (%s)",
-            feature_name,
-            flow_id,
+            _loggable(feature_name),
+            _loggable(flow_id),
             rejected.rejection.name,
             rejected,
         )
         await _close(socket, rejected.rejection, locale)
     except Exception:
         metrics.admission(Rejection.INTERNAL)
-        logger.exception("admission failed unexpectedly for flow %s", flow_id)
+        logger.exception("admission failed unexpectedly for flow %s", _loggable(flow_id))
         await _close(socket, Rejection.INTERNAL, locale)
     else:
         metrics.admission(None)
@@ -142,7 +156,7 @@ async def serve(socket: WebSocket, flow_id: str, feature_name: str, container: C
     try:
         session = await container.sessions.open(admission, SocketTransport(socket))
     except Exception:
-        logger.exception("opening the session failed for flow %s", flow_id)
+        logger.exception("opening the session failed for flow %s", _loggable(flow_id))
         await _close(socket, Rejection.INTERNAL, container.settings.locale)
         await container.admission.release(admission)
         return
@@ -157,6 +171,13 @@ async def serve(socket: WebSocket, flow_id: str, feature_name: str, container: C
         await session.fail()
     finally:
         await session.close()
+
+
+def _loggable(path_segment: str) -> str:
+    """A client's path segment for a log line: bounded, and no line breaks of its own making."""
+    if len(path_segment) <= 64 and path_segment.isprintable():
+        return path_segment
+    return repr(path_segment[:64]) + ("..." if len(path_segment) > 64 else "")
 
 
 async def _close(socket: WebSocket, rejection: Rejection, locale: str) -> None:  # type: ignore[type-arg]

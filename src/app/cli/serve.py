@@ -10,10 +10,12 @@ from __future__ import annotations
 import click
 import uvicorn
 
+from app.api import http_limits
 from app.api.logs import logging_config
 from app.cli.common import fail, load_settings_or_fail
 
 WS_IMPLEMENTATIONS = ("websockets-sansio", "websockets", "wsproto")
+_WS_PROTOCOLS = {"websockets-sansio": "app.api.http_limits:WebSocketProtocol"}
 
 
 @click.command(name="run")
@@ -56,7 +58,11 @@ def run_command(host: str, port: int, workers: int, ws_impl: str, forwarded_allo
         host=host,
         port=port,
         workers=workers,
-        ws=ws_impl,
+        # h11, bounded (httptools buffers a request line of any length); the default WebSocket
+        # protocol answers the handshakes it refuses (app.api.http_limits).
+        http="h11",
+        h11_max_incomplete_event_size=http_limits.MAX_REQUEST_HEAD,
+        ws=_WS_PROTOCOLS.get(ws_impl, ws_impl),
         ws_max_size=settings.max_message_size,
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,

@@ -13,6 +13,7 @@ from app.domain.builds import BuildStatus
 from app.domain.chats import ChatSession
 from app.domain.errors import InvalidToken, StoreUnavailable
 from app.domain.flows import Flow, Graph
+from app.domain.frames import INT64_MAX, MAX_TOKEN_LENGTH
 from app.domain.ports import (
     BuildStore,
     ChatRepository,
@@ -24,6 +25,12 @@ from app.domain.rejections import Rejected, Rejection
 from app.domain.users import User
 
 CHAT_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: Flow ids are stored in ``String(32)`` columns: a longer id (or one with a NUL, which
+#: PostgreSQL cannot compare) names no flow, and is answered without asking the database.
+MAX_FLOW_ID_LENGTH = 32
+#: A version id is a 64-bit integer in decimal, as the database stores it (no sign, no
+#: spaces, no ``_`` and no other digits than 0-9, all of which ``int()`` would take).
+VERSION_ID_PATTERN = re.compile(r"[0-9]{1,19}")
 #: Chat owners remembered per process; the whole map is dropped when full.
 OWNER_CACHE_SIZE = 100_000
 
@@ -112,7 +119,10 @@ class AdmissionService:
         if request.chat_id is not None and not CHAT_ID_PATTERN.fullmatch(request.chat_id):
             raise Rejected(Rejection.INVALID_CHAT_ID)
         version_id = _parse_version_id(request.version_id)
-        flow = await self._flows.get(request.flow_id)
+        flow_id = request.flow_id
+        if not flow_id or len(flow_id) > MAX_FLOW_ID_LENGTH or "\x00" in flow_id:
+            raise Rejected(Rejection.FLOW_DELETED, "no flow can have this id")
+        flow = await self._flows.get(flow_id)
         if flow is None:
             raise Rejected(Rejection.FLOW_DELETED)
         # Rule 6 is counted across every process (a dead process's entries expire), first, so
@@ -143,6 +153,8 @@ class AdmissionService:
     async def _authenticate(self, request: AdmissionRequest) -> User:
         if not request.token:
             raise Rejected(Rejection.UNAUTHORIZED, "no token")
+        if len(request.token) > MAX_TOKEN_LENGTH:
+            raise Rejected(Rejection.UNAUTHORIZED, "token too long")
         try:
             user = await self._verifier.verify(request.token)
         except InvalidToken as exc:
@@ -206,11 +218,13 @@ def _owns(session: ChatSession, user: User, flow: Flow) -> bool:
 
 
 def _parse_version_id(raw: str | None) -> int | None:
+    """The version id, or :class:`Rejected` (version not found) for anything that is not one.
+
+    Bounded before the database sees it: an integer past 64 bits would raise
+    ``OverflowError`` in the driver (1011) instead of being simply not found.
+    """
     if raw is None or raw == "":
         return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise Rejected(
-            Rejection.VERSION_NOT_FOUND, f"version_id {raw!r} is not an integer"
-        ) from None
+    if VERSION_ID_PATTERN.fullmatch(raw) is None or int(raw) > INT64_MAX:
+        raise Rejected(Rejection.VERSION_NOT_FOUND, f"version_id {raw[:32]!r} is not a 64-bit id")
+    return int(raw)

@@ -7,21 +7,102 @@ that an ``invalid_message`` error can name the JSON path that failed.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
 
+# -- bounds of what a client sends ----------------------------------------------------------
+
+#: Database ids and sequence numbers are 64-bit signed integers (PostgreSQL ``bigint``, SQLite
+#: ``INTEGER``): a larger number would reach the driver and raise ``OverflowError`` there.
+INT64_MAX = 2**63 - 1
+#: How deep a client frame may nest (objects and arrays). The protocol's own frames nest three
+#: levels; the rest is room for a feature's free-form ``inputs``.
+MAX_DEPTH = 32
+#: The longest token accepted anywhere (query, header, cookie, ``auth`` frame). A request line
+#: is at most 8 KiB (``app run``), so no token that came in a URL is longer.
+MAX_TOKEN_LENGTH = 8192
+
+#: A message id (``before_id``, ``after_id``): ids start at 1.
+MessageId = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+#: A turn's ``seq`` as a resume point: -1 (none seen) upwards.
+Seq = Annotated[int, msgspec.Meta(ge=-1, le=INT64_MAX)]
+#: Text that is stored: PostgreSQL's ``text`` cannot hold the NUL character.
+_NO_NUL = r"^[^\x00]*$"
+
+
+class TooDeep(ValueError):
+    """A frame nests deeper than :data:`MAX_DEPTH`; answered ``invalid_message`` at ``$``."""
+
+
+# A JSON string with its escapes (possessive quantifiers: no backtracking).
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+_RUN = re.compile(rb"\[+|\]+")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_BRACKETS_AS_SQUARE = bytes.maketrans(b"{}", b"[]")
+_OPEN = ord("[")
+
+
+def check_depth(raw: bytes | str, limit: int = MAX_DEPTH) -> None:
+    """Raise :class:`TooDeep` if ``raw`` nests deeper than ``limit``, before it is decoded.
+
+    msgspec has no depth limit: it recurses once per level, even through an unknown field it
+    skips, and raises ``RecursionError`` about a thousand levels down (a 2 KB frame), which
+    would crash the connection (1011) instead of answering it. So the depth is measured first,
+    with C-speed passes and no Python loop per byte: a frame with no more than ``limit``
+    brackets needs two ``count`` calls; otherwise strings are cut out and every byte but the
+    brackets dropped, a run of more than ``limit`` openers is refused at once, innermost pairs
+    are removed a few times (which shrinks wide arrays to nothing), and the running depth of
+    what is left is summed run by run.
+    """
+    if isinstance(raw, str):
+        if raw.count("[") + raw.count("{") <= limit:
+            return
+        data = raw.encode("utf-8", "surrogatepass")
+    elif raw.count(b"[") + raw.count(b"{") <= limit:
+        return
+    else:
+        data = raw
+    brackets = _STRING.sub(b"", data).translate(_BRACKETS_AS_SQUARE, _NOT_BRACKETS)
+    too_deep = TooDeep(f"Frame nests deeper than {limit} levels - at `$`")
+    if b"[" * (limit + 1) in brackets:
+        raise too_deep
+    removed = 0
+    while brackets and removed < 3:
+        brackets = brackets.replace(b"[]", b"")
+        removed += 1
+    if not brackets:  # empty after exactly ``removed`` rounds: that is its depth
+        if removed > limit:
+            raise too_deep
+        return
+    depth = 0
+    for run in _RUN.findall(brackets):
+        depth += len(run) if run[0] == _OPEN else -len(run)
+        # Unbalanced input only ever counts too deep: it is not JSON anyway.
+        if depth + removed > limit:
+            raise too_deep
+
+
 # -- client frames ------------------------------------------------------------------------
 
 
 class Envelope(msgspec.Struct):
-    action: str | None = None
+    action: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
 
 class ChatRequest(msgspec.Struct):
     inputs: dict[str, Any]
-    client_msg_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None
+    client_msg_id: (
+        Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_NO_NUL)] | None
+    ) = None
+
+    def __post_init__(self) -> None:
+        text = self.inputs.get("input")
+        if isinstance(text, str) and "\x00" in text:
+            # Raised here, msgspec reports it as a ValidationError (invalid_message).
+            raise ValueError("Expected a string without NUL characters - at `$.inputs.input`")
 
     @property
     def text(self) -> str:
@@ -34,15 +115,15 @@ class StopRequest(msgspec.Struct):
 
 
 class HistoryRequest(msgspec.Struct):
-    before_id: int | None = None
+    before_id: MessageId | None = None
     limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20
 
 
 class ResumeRequest(msgspec.Struct):
-    after_id: Annotated[int, msgspec.Meta(ge=0)]
+    after_id: MessageId
     #: A turn the client saw frames of, and the last ``seq`` it saw (absent: none of them).
     turn_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
-    after_seq: Annotated[int, msgspec.Meta(ge=-1)] | None = None
+    after_seq: Seq | None = None
 
 
 class PingRequest(msgspec.Struct):
@@ -50,7 +131,7 @@ class PingRequest(msgspec.Struct):
 
 
 class AuthRequest(msgspec.Struct):
-    token: Annotated[str, msgspec.Meta(min_length=1)]
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOKEN_LENGTH)]
 
 
 ENVELOPE_DECODER = msgspec.json.Decoder(Envelope)
@@ -109,6 +190,8 @@ class ErrorFrame(msgspec.Struct, tag_field="type", tag="error", omit_defaults=Tr
 
 
 class ErrorCode:
+    """The ``code`` of an ``error`` frame (PROTOCOL.md §5); the socket stays open."""
+
     INVALID_JSON = "invalid_json"
     INVALID_MESSAGE = "invalid_message"
     UNKNOWN_ACTION = "unknown_action"
@@ -125,8 +208,10 @@ PONG = ENCODER.encode(PongFrame())
 
 
 def encode(frame: object) -> bytes:
+    """``frame`` (a msgspec Struct, a dict, a list...) as the JSON bytes of one text frame."""
     return ENCODER.encode(frame)
 
 
 def error(code: str, message: str, retry_after: float | None = None) -> bytes:
+    """An ``error`` frame: ``{"type": "error", "code": code, "message": message}``."""
     return ENCODER.encode(ErrorFrame(code=code, message=message, retry_after=retry_after))

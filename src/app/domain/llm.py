@@ -6,5 +6,7 @@ import msgspec
 
 
 class ModelMessage(msgspec.Struct, frozen=True):
+    """One message of a conversation sent to a chat model."""
+
     role: str  # "system" | "user" | "assistant"
     content: str

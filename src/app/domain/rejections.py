@@ -27,6 +27,7 @@ class Rejection(Enum):
     TOO_MANY_CONNECTIONS = (TRY_AGAIN_LATER, "too many connections", None)
     SERVICE_UNAVAILABLE = (TRY_AGAIN_LATER, "service unavailable", None)
     TOKEN_EXPIRED = (POLICY_VIOLATION, "token expired", None)
+    RATE_LIMIT_EXCEEDED = (POLICY_VIOLATION, "rate limit exceeded", None)
     MESSAGE_TOO_BIG = (MESSAGE_TOO_BIG, "message too big", None)
     INTERNAL = (INTERNAL_ERROR, "internal error", None)
     SERVICE_RESTART = (SERVICE_RESTART, "service restart", None)

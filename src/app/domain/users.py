@@ -8,6 +8,8 @@ ADMIN_ROLE = "admin"
 
 
 class User(msgspec.Struct, frozen=True):
+    """The user a verified token proves: ``id`` (the token's ``sub``), ``name``, ``role``."""
+
     id: str
     name: str | None = None
     role: str | None = None

@@ -17,7 +17,7 @@ from app.domain.graph import (
     default_registry,
 )
 from app.domain.llm import ModelMessage
-from tests.fakes import FakeChatModel, FakeTranslator
+from app.testing import FakeChatModel, FakeTranslator
 
 
 def node(node_id: str, node_type: str, **params: Any) -> dict[str, Any]:

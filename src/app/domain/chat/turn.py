@@ -359,6 +359,9 @@ class Turn:
         except DomainError as exc:
             logger.warning("turn %s failed: %s", self.id, exc)
             return MessageStatus.FAILED, "the turn failed"
+        except Exception:  # a node type's bug (extensions' too): the turn still ends, failed
+            logger.exception("turn %s failed in its graph", self.id)
+            return MessageStatus.FAILED, "the turn failed"
         finally:
             self._streaming = False
             if model_started:

@@ -1,5 +1,11 @@
 """Feature handlers: what a connection does with its frames once admitted."""
 
-from app.domain.features.base import Feature, FeatureError, FeatureRegistry, FeatureServices
+from app.domain.features.base import (
+    Feature,
+    FeatureError,
+    FeatureFactory,
+    FeatureRegistry,
+    FeatureServices,
+)
 
-__all__ = ["Feature", "FeatureError", "FeatureRegistry", "FeatureServices"]
+__all__ = ["Feature", "FeatureError", "FeatureFactory", "FeatureRegistry", "FeatureServices"]

@@ -7,7 +7,7 @@ frame without an ``action``) and a handler. Decoders are built once, when the fe
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,6 +29,22 @@ class UnknownAction(Exception):
 
 
 class Feature(ABC):
+    """A named handler of the frames of ``WS /api/v1/chat/{flow_id}/{name}``.
+
+    Subclass it, set :attr:`name` and :attr:`actions`, and implement :meth:`handle`. One
+    instance serves every connection of the process: keep per-connection state in a dict keyed
+    by ``connection.id`` (and drop it in :meth:`closed`), never on ``self`` alone.
+
+    Before :meth:`handle` is called flowgate has admitted the connection (token, flow, chat,
+    connection limit), applied the rate limit, answered ``ping`` and ``auth``, and decoded the
+    frame into the action's request type; a frame that fails gets an ``error`` frame
+    (``invalid_json``, ``invalid_message`` with the JSON path, ``unknown_action``) and never
+    reaches the feature. Calls to :meth:`handle` for one connection come one at a time, in the
+    order the frames arrived: the next frame is not read until it returns, so work that takes
+    long runs as a task (see ``docs/extending.md``).
+    """
+
+    #: The last segment of the URL; unique among the features of a process.
     name: ClassVar[str]
     #: The request type of each action; the key ``None`` serves frames without an ``action``.
     actions: ClassVar[Mapping[str | None, type[msgspec.Struct]]]
@@ -72,6 +88,10 @@ class FeatureServices:
     runtime: GraphRuntime
     chat_model: ChatModel
     translator: Translator
+
+
+#: What a ``flowgate.features`` entry point names: called once per process, at start-up.
+FeatureFactory = Callable[[FeatureServices], Feature]
 
 
 class FeatureRegistry:

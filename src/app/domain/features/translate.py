@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import msgspec
 
@@ -16,7 +16,8 @@ _encode = msgspec.json.Encoder().encode
 
 class TranslateRequest(msgspec.Struct):
     text: str | None = None
-    target_language: str = "en"
+    #: A language tag: BCP 47 tags have at most 35 characters in practice.
+    target_language: Annotated[str, msgspec.Meta(min_length=1, max_length=35)] = "en"
 
 
 class TranslateResult(msgspec.Struct):

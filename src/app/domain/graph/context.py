@@ -35,6 +35,9 @@ class RuntimeServices:
 
 @dataclass(frozen=True)
 class NodeContext:
+    """What a running node knows besides its params and its input: its own id in the graph,
+    the turn (:class:`TurnInput`) and the ports it may call (:class:`RuntimeServices`)."""
+
     node_id: str
     turn: TurnInput
     services: RuntimeServices

@@ -30,6 +30,18 @@ P = TypeVar("P", bound=msgspec.Struct)
 
 @dataclass(frozen=True)
 class NodeType(Generic[P]):
+    """A kind of node a flow graph may use (``{"id": .., "type": name, "params": {..}}``).
+
+    - ``name``: the graph's ``type``; unique among the node types of a process.
+    - ``params``: a msgspec Struct (``forbid_unknown_fields=True``) that a node's ``params``
+      are converted to when the graph is validated; a bad value is a validation problem that
+      names the node. :class:`NoParams` for none.
+    - ``run(params, incoming, context)``: an async generator yielding the node's output piece
+      by piece. It is called once per turn, when a node it feeds first reads from it; it runs
+      in the turn's task, so a stopped turn cancels it (and closes it: put clean-up in
+      ``finally``). Raise ``ModelError`` for a failure the user should read.
+    """
+
     name: str
     params: type[P]
     run: Callable[[P, Incoming, NodeContext], AsyncIterator[str]]
@@ -82,7 +94,7 @@ def split_words(text: str) -> list[str]:
 
 
 class NoParams(msgspec.Struct, forbid_unknown_fields=True):
-    pass
+    """The params of a node type that takes none: any key in the graph is a problem."""
 
 
 async def _chat_input(

@@ -8,9 +8,12 @@ algorithm alone, so an HS256 token can never be checked against a public key.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import jwt
@@ -18,6 +21,7 @@ import msgspec
 from jwt.algorithms import get_default_algorithms
 
 from app.domain.errors import InvalidToken
+from app.domain.frames import MAX_TOKEN_LENGTH
 from app.domain.users import User
 from app.infra.auth.jwks import JWKSCache
 from app.infra.settings import JWTSettings, SettingsError
@@ -25,12 +29,21 @@ from app.infra.settings import JWTSettings, SettingsError
 JWKS_MAX_AGE = 300.0
 JWKS_MIN_REFETCH_INTERVAL = 30.0
 JWKS_TIMEOUT = 5.0
+#: A user id is stored in ``String(64)`` columns (flow owner, chat session, message).
+MAX_USER_ID_LENGTH = 64
+#: The longest ``name`` claim kept (it is only shown, never stored).
+MAX_NAME_LENGTH = 256
+
+_Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH)]
+#: An integer user id: as a 64-bit integer it has at most 20 characters.
+_IntId = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
 class _Claims(msgspec.Struct):
-    sub: str | int
-    exp: float
-    name: str | None = None
+    sub: str | _IntId
+    #: Finite (pyjwt checked it is a number; a float bound refuses inf and nan).
+    exp: Annotated[float, msgspec.Meta(ge=0, le=1e12)]
+    name: _Name | None = None
     #: bisheng puts a list of role ids here for users who are not admins.
     role: str | list[int | str] | None = None
 
@@ -38,12 +51,36 @@ class _Claims(msgspec.Struct):
 class _BishengSubject(msgspec.Struct):
     """The JSON object that bisheng tokens carry, as a string, in ``sub``."""
 
-    user_id: int | str
-    user_name: str | None = None
+    user_id: _IntId | str
+    user_name: _Name | None = None
     role: str | list[int | str] | None = None
 
 
-_decode_bisheng_subject = msgspec.json.Decoder(_BishengSubject).decode
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` that refuses an object naming a key twice."""
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise _DuplicateKey("a key is repeated")
+    return found
+
+
+def _strict_json(text: str | bytes) -> Any:
+    """JSON whose objects name each key once, or :class:`InvalidToken`.
+
+    msgspec and ``json`` keep the last of two values of a key, and other parsers the first:
+    ``{"role": "user", "role": "admin"}`` would mean admin here and user to the issuer. An
+    identity that two parsers may read differently is refused, never resolved.
+    """
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey:
+        raise InvalidToken("a claim object repeats a key") from None
+    except (ValueError, RecursionError) as error:  # not JSON, or nested absurdly deep
+        raise InvalidToken(f"claims are not JSON ({type(error).__name__})") from None
 
 
 class JWTVerifier:
@@ -91,6 +128,8 @@ class JWTVerifier:
             )
 
     async def verify(self, token: str) -> User:
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise InvalidToken(f"token longer than {MAX_TOKEN_LENGTH} characters")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as error:
@@ -107,6 +146,8 @@ class JWTVerifier:
             )
         except jwt.PyJWTError as error:
             raise InvalidToken(f"token rejected: {type(error).__name__}: {error}") from None
+        # pyjwt read the payload with the last of two equal keys winning: read it again, strictly.
+        _strict_json(_payload_segment(token))
         return _user(payload)
 
     async def aclose(self) -> None:
@@ -156,7 +197,22 @@ def _static_keys(settings: JWTSettings) -> dict[str, Any]:
     return keys
 
 
+def _payload_segment(token: str) -> bytes:
+    """The decoded payload of a compact JWS that pyjwt has just accepted."""
+    segment = token.split(".")[1]
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):  # pyjwt decoded it a moment ago
+        raise InvalidToken("malformed payload") from None
+
+
 def _user(payload: dict[str, Any]) -> User:
+    """The user a verified payload names, or :class:`InvalidToken` (the only error it raises).
+
+    Strict: ``sub`` is a non-empty string or an integer (never a bool or a float), or a
+    bisheng JSON object string whose keys are all distinct; the user id is 1–64 characters
+    (the database's column) without control characters.
+    """
     try:
         claims = msgspec.convert(payload, _Claims)
     except msgspec.ValidationError as error:
@@ -166,8 +222,8 @@ def _user(payload: dict[str, Any]) -> User:
         user_id = str(claims.sub)
     elif claims.sub.startswith("{"):
         try:
-            subject = _decode_bisheng_subject(claims.sub)
-        except msgspec.DecodeError as error:
+            subject = msgspec.convert(_strict_json(claims.sub), _BishengSubject)
+        except msgspec.ValidationError as error:
             raise InvalidToken(f"bad bisheng subject: {error}") from None
         user_id = str(subject.user_id)
         name = subject.user_name if subject.user_name is not None else name
@@ -176,6 +232,10 @@ def _user(payload: dict[str, Any]) -> User:
         user_id = claims.sub
     if not user_id:
         raise InvalidToken("the token's subject is empty")
+    if len(user_id) > MAX_USER_ID_LENGTH:
+        raise InvalidToken(f"the token's subject is longer than {MAX_USER_ID_LENGTH} characters")
+    if not user_id.isprintable():
+        raise InvalidToken("the token's subject holds control characters")
     return User(
         id=user_id,
         name=name,

@@ -14,6 +14,8 @@ from app.infra.memory.store import MemoryStore
 
 
 class InProcessChannels:
+    """The chat fan-out and stop control of one "process", over a :class:`MemoryStore`."""
+
     def __init__(self, store: MemoryStore | None = None) -> None:
         self._store = store or MemoryStore()
         self._listener: FanOutListener | None = None

@@ -9,6 +9,8 @@ SLOT_TTL = 3600.0
 
 
 class InProcessConnectionCounter:
+    """Open connections per user, over a :class:`MemoryStore` shared by "processes"."""
+
     def __init__(self, store: MemoryStore | None = None) -> None:
         self._store = store or MemoryStore()
 

@@ -8,6 +8,8 @@ from app.infra.memory.store import MemoryStore
 
 
 class InProcessLease:
+    """Turn leases (one holder per chat), over a :class:`MemoryStore`."""
+
     def __init__(self, store: MemoryStore | None = None) -> None:
         self._store = store or MemoryStore()
 

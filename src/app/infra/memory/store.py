@@ -11,6 +11,9 @@ from app.domain.errors import StoreUnavailable
 
 
 class MemoryStore:
+    """The state Redis would hold, shared by the in-process twins of several "processes";
+    ``down = True`` makes every twin over it raise ``StoreUnavailable``."""
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         #: chat_id -> (holder, expires at); kept after expiry until released (``lapsed``).

@@ -9,6 +9,8 @@ from app.infra.memory.store import MemoryStore
 
 
 class InProcessTurnLog:
+    """Turn logs and each chat's latest turn record, over a :class:`MemoryStore`."""
+
     def __init__(
         self, store: MemoryStore | None = None, *, ttl: float = 600.0, origin: object = None
     ) -> None:

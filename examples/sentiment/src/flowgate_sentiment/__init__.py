@@ -1,0 +1,1 @@
+"""An example flowgate extension: the ``sentiment`` feature and the ``Shout`` node type."""
