@@ -10,6 +10,7 @@ import argparse
 
 import uvicorn
 
+from app.api.logs import logging_config
 from app.infra.settings import load_settings
 
 
@@ -32,6 +33,7 @@ def main() -> None:
         forwarded_allow_ips="127.0.0.1",
         timeout_graceful_shutdown=int(settings.shutdown_grace),
         log_level=settings.log_level.lower(),
+        log_config=logging_config(settings.log_level, settings.log_format),
     )
 
 

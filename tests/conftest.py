@@ -95,6 +95,11 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     """``flowgate-test:<hex>:``; every key under it is deleted after the test."""
     prefix = f"flowgate-test:{uuid.uuid4().hex}:"
     yield prefix
+    delete_prefix(redis_url, prefix)
+
+
+def delete_prefix(redis_url: str, prefix: str) -> None:
+    """Delete every key under ``prefix`` (a test's own keys)."""
     client = redis.Redis.from_url(redis_url, socket_connect_timeout=CONNECT_TIMEOUT)
     try:
         keys = list(client.scan_iter(match=f"{prefix}*"))

@@ -101,6 +101,9 @@ class FakeChatRepository(_Switch):
 
     async def add_message(self, message: NewMessage) -> ChatMessage:
         self._check()
+        for existing in self.messages:
+            if existing.turn_id == message.turn_id and existing.category == message.category:
+                return existing
         stored = ChatMessage(
             id=next(self._ids),
             created_at=datetime.now(UTC),
@@ -117,6 +120,17 @@ class FakeChatRepository(_Switch):
             if m.chat_id == chat_id and m.client_msg_id == client_msg_id
         }
         return [m for m in self.messages if m.chat_id == chat_id and m.turn_id in turn_ids]
+
+    async def unanswered(self, created_before: datetime, limit: int) -> Sequence[ChatMessage]:
+        self._check()
+        answered = {m.turn_id for m in self.messages if m.category == "answer"}
+        return [
+            m
+            for m in self.messages
+            if m.category == "question"
+            and m.turn_id not in answered
+            and m.created_at < created_before
+        ][:limit]
 
     async def history(
         self, chat_id: str, before_id: int | None, limit: int

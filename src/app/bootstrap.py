@@ -1,6 +1,8 @@
 """The composition root: builds every adapter from settings and hands them to the domain.
 
-Nothing else constructs adapters. The API's lifespan, the CLI and the tests all come here.
+Nothing else constructs adapters. :func:`build_container` makes the real ones (SQL, Redis or
+their in-process twins, JWT, model providers) and :func:`compose` wires any set of them into
+the services: the server, the CLI and the tests (with fakes) all go through ``compose``.
 """
 
 from __future__ import annotations
@@ -8,39 +10,51 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
-from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig
+from advanced_alchemy.config import SQLAlchemyAsyncConfig
 
 from app.domain.admission import AdmissionService
 from app.domain.catalog import FlowCatalog
-from app.domain.chat import ChatFeature
+from app.domain.chat import ChatFeature, ChatRooms
+from app.domain.chat.turn import TurnServices
 from app.domain.features import FeatureRegistry, FeatureServices
 from app.domain.features.compute import ComputeFeature
 from app.domain.features.translate import TranslateFeature
 from app.domain.graph import GraphRuntime, RuntimeServices, default_registry, validate_graph
+from app.domain.health import StoreHealth
 from app.domain.ports import (
     BuildStore,
-    ChatBus,
+    ChatFanOut,
     ChatModel,
     ChatRepository,
+    ConnectionCounter,
     FlowRepository,
     TokenVerifier,
     Translator,
+    TurnControl,
+    TurnLease,
+    TurnLog,
 )
 from app.domain.registry import ConnectionRegistry
 from app.domain.rejections import Rejection
+from app.domain.retry import RetryPolicy
+from app.domain.session import SessionLimits, Sessions
 from app.infra.auth import JWTVerifier
-from app.infra.bus.memory import InProcessChatBus
 from app.infra.cache import CachedFlowRepository
 from app.infra.llm.openai import OpenAIChatModel
 from app.infra.llm.scripted import ScriptedChatModel
+from app.infra.memory import (
+    InProcessChannels,
+    InProcessConnectionCounter,
+    InProcessLease,
+    InProcessTurnLog,
+    MemoryStore,
+)
 from app.infra.plugins import iter_feature_entry_points, load_node_types
-from app.infra.redis.build_store import RedisBuildStore
-from app.infra.redis.chat_bus import RedisChatBus
-from app.infra.redis.client import make_redis
 from app.infra.settings import Settings
 from app.infra.sql.build_store import SqlBuildStore
 from app.infra.sql.config import make_sqlalchemy_config
@@ -51,6 +65,64 @@ from app.infra.translate.llm import ChatModelTranslator
 from app.infra.translate.marker import MarkerTranslator
 
 logger = logging.getLogger(__name__)
+
+Closer = Callable[[], Awaitable[object]]
+Check = Callable[[], Awaitable[object]]
+
+
+@dataclass
+class Adapters:
+    """One implementation of every port the services need."""
+
+    flows: FlowRepository
+    chats: ChatRepository
+    builds: BuildStore
+    verifier: TokenVerifier
+    chat_model: ChatModel
+    translator: Translator
+    lease: TurnLease
+    log: TurnLog
+    fanout: ChatFanOut
+    control: TurnControl
+    counter: ConnectionCounter
+    #: The name of this process, in leases and connection counts.
+    process_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    #: Whether this process is alone on its stores (the embedded default, no Redis).
+    alone: bool = False
+    #: Store name -> a call that fails if the store does not answer (``GET /ready``).
+    checks: dict[str, Check] = field(default_factory=dict)
+    closers: list[Closer] = field(default_factory=list)
+
+
+def in_process_adapters(
+    *,
+    flows: FlowRepository,
+    chats: ChatRepository,
+    builds: BuildStore,
+    verifier: TokenVerifier,
+    chat_model: ChatModel,
+    translator: Translator,
+    store: MemoryStore | None = None,
+    turn_log_ttl: float = 600.0,
+) -> Adapters:
+    """The in-process turn log, leases, fan-out and counts around the given stores: the
+    embedded default's, and what unit tests use (several may share one ``store``)."""
+    store = store or MemoryStore()
+    channels = InProcessChannels(store)
+    return Adapters(
+        flows=flows,
+        chats=chats,
+        builds=builds,
+        verifier=verifier,
+        chat_model=chat_model,
+        translator=translator,
+        lease=InProcessLease(store),
+        log=InProcessTurnLog(store, ttl=turn_log_ttl, origin=channels),
+        fanout=channels,
+        control=channels,
+        counter=InProcessConnectionCounter(store),
+        alone=True,
+    )
 
 
 @dataclass
@@ -67,27 +139,28 @@ class Container:
     features: FeatureRegistry
     connections: ConnectionRegistry
     admission: AdmissionService
-    checks: dict[str, Callable[[], Awaitable[object]]] = field(default_factory=dict)
-    closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
+    sessions: Sessions
+    rooms: ChatRooms
+    health: StoreHealth
+    closers: list[Closer] = field(default_factory=list)
     #: Set on SIGTERM: new connections are refused with 1012 ``service restart``.
     draining: bool = False
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Start the server's background work: store health, lease renewal, recovery."""
+        await self.health.check_now()
+        self._tasks.append(asyncio.get_running_loop().create_task(self.health.run()))
+        self.rooms.start()
 
     async def check_stores(self) -> dict[str, bool]:
         """Whether each backing store answers, for ``GET /ready``."""
-        results: dict[str, bool] = {}
-        for name, check in self.checks.items():
-            try:
-                async with asyncio.timeout(2):
-                    await check()
-                results[name] = True
-            except Exception as exc:  # whatever the driver raises, the store is not ready
-                logger.warning("readiness: %s does not answer: %s", name, exc)
-                results[name] = False
-        return results
+        return await self.health.check_now()
 
     async def drain(self) -> None:
-        """Stop admitting, let running work finish (the grace period), then close every socket
-        with 1012 ``service restart``: clients reconnect, to another process, and ``resume``."""
+        """Stop admitting, let running turns finish (the grace period; the rest end as
+        ``interrupted``), then close every socket with 1012 ``service restart``: clients
+        reconnect, to another process, and ``resume``."""
         self.draining = True
         grace = self.settings.shutdown_grace
         await asyncio.gather(*(feature.drain(grace) for feature in self.features))
@@ -96,6 +169,9 @@ class Container:
         )
 
     async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for feature in self.features:
             await feature.aclose()
         for close in reversed(self.closers):
@@ -105,11 +181,106 @@ class Container:
                 logger.exception("closing an adapter failed")
 
 
+def compose(settings: Settings, adapters: Adapters) -> Container:
+    """The services of one process, over ``adapters``."""
+    nodes = default_registry()
+    load_node_types(nodes)
+    runtime = GraphRuntime(
+        nodes, RuntimeServices(chat_model=adapters.chat_model, translator=adapters.translator)
+    )
+    catalog = FlowCatalog(
+        flows=adapters.flows,
+        builds=adapters.builds,
+        validate=lambda graph: validate_graph(graph, nodes),
+        build_ttl=settings.build_ttl,
+    )
+    rooms = ChatRooms(
+        chats=adapters.chats,
+        log=adapters.log,
+        lease=adapters.lease,
+        fanout=adapters.fanout,
+        control=adapters.control,
+        turns=TurnServices(
+            chats=adapters.chats,
+            runtime=runtime,
+            history_turns=settings.history_turns,
+            turn_timeout=settings.turn_timeout,
+            store_retry=RetryPolicy(budget=settings.store_retry),
+        ),
+        lease_ttl=settings.turn_lease,
+        process_id=adapters.process_id,
+        alone=adapters.alone,
+    )
+    features = FeatureRegistry()
+    features.register(ChatFeature(rooms, shutdown_grace=settings.shutdown_grace))
+    features.register(ComputeFeature())
+    features.register(TranslateFeature(adapters.translator))
+    services = FeatureServices(
+        flows=adapters.flows,
+        chats=adapters.chats,
+        runtime=runtime,
+        chat_model=adapters.chat_model,
+        translator=adapters.translator,
+    )
+    for factory in iter_feature_entry_points():
+        features.register(factory(services))
+
+    health = StoreHealth(adapters.checks)
+    connections = ConnectionRegistry()
+    admission = AdmissionService(
+        verifier=adapters.verifier,
+        flows=adapters.flows,
+        chats=adapters.chats,
+        builds=adapters.builds,
+        features=features,
+        allowed_origins=frozenset(settings.allowed_origins),
+        max_connections_per_user=settings.max_connections_per_user,
+        counter=adapters.counter,
+        stores_down=health.any_down,
+        process_id=adapters.process_id,
+    )
+    sessions = Sessions(
+        features=features,
+        verifier=adapters.verifier,
+        admission=admission,
+        registry=connections,
+        limits=SessionLimits(
+            messages_per_second=settings.messages_per_second,
+            max_message_size=settings.max_message_size,
+            send_buffer=settings.send_buffer,
+            locale=settings.locale,
+        ),
+    )
+    return Container(
+        settings=settings,
+        flows=adapters.flows,
+        chats=adapters.chats,
+        builds=adapters.builds,
+        verifier=adapters.verifier,
+        chat_model=adapters.chat_model,
+        translator=adapters.translator,
+        runtime=runtime,
+        catalog=catalog,
+        features=features,
+        connections=connections,
+        admission=admission,
+        sessions=sessions,
+        rooms=rooms,
+        health=health,
+        closers=adapters.closers,
+    )
+
+
 async def build_container(
     settings: Settings, sql: SQLAlchemyAsyncConfig | None = None
 ) -> Container:
-    closers: list[Callable[[], Awaitable[object]]] = []
-    checks: dict[str, Callable[[], Awaitable[object]]] = {}
+    return compose(settings, await build_adapters(settings, sql))
+
+
+async def build_adapters(settings: Settings, sql: SQLAlchemyAsyncConfig | None = None) -> Adapters:
+    """The real adapters the settings name."""
+    closers: list[Closer] = []
+    checks: dict[str, Check] = {}
     http = httpx.AsyncClient(timeout=httpx.Timeout(settings.llm.timeout, connect=5.0))
     closers.append(http.aclose)
 
@@ -117,82 +288,70 @@ async def build_container(
     engine = sql.get_engine()
     closers.append(engine.dispose)
     sessions = sql.create_session_maker()
-    sql_flows = SqlFlowRepository(sessions)
     checks["database"] = functools.partial(ping_database, engine)
-    flows = CachedFlowRepository(sql_flows, ttl=settings.flow_cache_ttl)
+    flows = CachedFlowRepository(SqlFlowRepository(sessions), ttl=settings.flow_cache_ttl)
     chats = SqlChatRepository(sessions)
-
-    builds: BuildStore
-    bus: ChatBus
-    if settings.redis_url:
-        redis = make_redis(settings.redis_url)
-        closers.append(redis.aclose)
-        checks["redis"] = redis.ping
-        builds = RedisBuildStore(redis, settings.redis_prefix)
-        redis_bus = RedisChatBus(redis, settings.redis_prefix)
-        closers.append(redis_bus.aclose)
-        bus = redis_bus
-    else:
-        builds = SqlBuildStore(sessions)
-        bus = InProcessChatBus()
-
     verifier = JWTVerifier(settings.jwt, http_client=http)
     chat_model = _chat_model(settings, http)
     translator = _translator(settings, chat_model, http)
 
-    nodes = default_registry()
-    load_node_types(nodes)
-    runtime = GraphRuntime(nodes, RuntimeServices(chat_model=chat_model, translator=translator))
-    catalog = FlowCatalog(
-        flows=flows,
-        builds=builds,
-        validate=lambda graph: validate_graph(graph, nodes),
-        build_ttl=settings.build_ttl,
-    )
-
-    features = FeatureRegistry()
-    features.register(
-        ChatFeature(
+    if not settings.redis_url:
+        adapters = in_process_adapters(
+            flows=flows,
             chats=chats,
-            bus=bus,
-            runtime=runtime,
-            history_turns=settings.history_turns,
-            turn_timeout=settings.turn_timeout,
-            shutdown_grace=settings.shutdown_grace,
+            builds=SqlBuildStore(sessions),
+            verifier=verifier,
+            chat_model=chat_model,
+            translator=translator,
+            turn_log_ttl=settings.turn_log_ttl,
         )
-    )
-    features.register(ComputeFeature())
-    features.register(TranslateFeature(translator))
-    services = FeatureServices(
-        flows=flows, chats=chats, runtime=runtime, chat_model=chat_model, translator=translator
-    )
-    for factory in iter_feature_entry_points():
-        features.register(factory(services))
+        adapters.checks, adapters.closers = checks, closers
+        return adapters
 
-    connections = ConnectionRegistry()
-    admission = AdmissionService(
-        verifier=verifier,
-        flows=flows,
-        chats=chats,
-        builds=builds,
-        features=features,
-        allowed_origins=frozenset(settings.allowed_origins),
-        max_connections_per_user=settings.max_connections_per_user,
-        open_connections=connections.open_connections,
+    # Imported here: a deployment without Redis (and the CLI on SQLite) never loads redis-py.
+    from redis.asyncio.cluster import RedisCluster
+
+    from app.infra.redis.build_store import RedisBuildStore
+    from app.infra.redis.channels import RedisChannels
+    from app.infra.redis.client import make_redis
+    from app.infra.redis.counter import RedisConnectionCounter
+    from app.infra.redis.keys import RedisKeys
+    from app.infra.redis.lease import RedisLease
+    from app.infra.redis.turn_log import RedisTurnLog
+
+    process_id = uuid.uuid4().hex[:12]
+    origin = process_id.encode()
+    redis = make_redis(settings.redis_url, cluster=settings.redis_cluster)
+    closers.append(redis.aclose)
+    checks["redis"] = redis.ping
+    keys = RedisKeys(settings.redis_prefix)
+    log = RedisTurnLog(
+        redis,
+        keys,
+        origin=origin,
+        ttl=settings.turn_log_ttl,
+        # A running turn's log outlives the longest a turn can take, its stores retried.
+        live_ttl=settings.turn_timeout + settings.store_retry + settings.turn_log_ttl,
+        cluster=isinstance(redis, RedisCluster),
     )
-    return Container(
-        settings=settings,
+    closers.append(log.aclose)
+    channels = RedisChannels(redis, keys, origin=origin)
+    closers.append(channels.aclose)
+    counter = RedisConnectionCounter(redis, keys)
+    closers.append(counter.aclose)
+    return Adapters(
         flows=flows,
         chats=chats,
-        builds=builds,
+        builds=RedisBuildStore(redis, settings.redis_prefix),
         verifier=verifier,
         chat_model=chat_model,
         translator=translator,
-        runtime=runtime,
-        catalog=catalog,
-        features=features,
-        connections=connections,
-        admission=admission,
+        lease=RedisLease(redis, keys),
+        log=log,
+        fanout=channels,
+        control=channels,
+        counter=counter,
+        process_id=process_id,
         checks=checks,
         closers=closers,
     )

@@ -13,9 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from redis.asyncio import Redis
 
-from app.infra.redis.client import make_redis
+from app.infra.redis.client import AnyRedis, make_redis
 from app.infra.sql.config import make_sqlalchemy_config
 from app.infra.sql.sessions import SessionMaker
 
@@ -41,8 +40,8 @@ class Clients:
         self._closers.append(config.get_engine().dispose)
         return config.create_session_maker()
 
-    def redis(self, url: str) -> Redis:
-        client = make_redis(url)
+    def redis(self, url: str, *, cluster: bool = False) -> AnyRedis:
+        client = make_redis(url, cluster=cluster)
         self._closers.append(client.aclose)
         return client
 
@@ -87,3 +86,9 @@ def unreachable_database_url(backend: str, tmp_path: Path) -> str:
         # A directory is no database file: SQLite cannot open it.
         return f"sqlite+aiosqlite:///{tmp_path}"
     return CLOSED_POSTGRESQL_URL
+
+
+# The cross-process ports' fixture (``nodes``), for the lease and turn log contracts, and the
+# private Redis Cluster it runs them on.
+from tests.contract.shared_state import nodes  # noqa: E402, F401
+from tests.private_stores import private_redis_cluster  # noqa: E402, F401

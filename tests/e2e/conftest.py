@@ -118,11 +118,12 @@ class Server:
         ]
         return self.cli(*args, *(["--online"] if online else [])).stdout.strip()
 
-    def start(self) -> None:
+    def start(self, *command: str) -> None:
+        """Migrate, then serve with ``app run`` (or ``command``, given ``--port`` after it)."""
         self.cli("database", "upgrade", "--no-prompt")
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "app", "run", "--port", str(self.port)],
+            [*(command or (sys.executable, "-m", "app", "run")), "--port", str(self.port)],
             env=self.env,
             cwd=self.workdir,
             stdout=log,

@@ -23,6 +23,7 @@ CHAT_FIELDS = {
     "flow_id",
     "user_id",
     "turn_id",
+    "seq",
     "status",
 }
 SLOW_REPLY = " ".join(f"w{i}" for i in range(40))
@@ -47,6 +48,7 @@ async def test_a_full_turn_streams_and_is_stored(server: Server) -> None:
     assert types == ["begin", "start", "stream", "stream", "stream", "stream", "end", "close"]
     assert all(set(f) == CHAT_FIELDS for f in frames)
     assert len({f["turn_id"] for f in frames}) == 1
+    assert [f["seq"] for f in frames] == list(range(len(frames)))
     assert {(f["chat_id"], f["flow_id"], f["user_id"]) for f in frames} == {(chat, flow, "u1")}
     begin, end = frames[0], frames[-2]
     assert (begin["category"], begin["is_bot"], begin["message"]) == ("question", False, "hi there")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import Server
@@ -61,3 +62,14 @@ async def test_unknown_path_is_refused(server: Server) -> None:
     with pytest.raises(InvalidStatus) as refused:
         await close_of(f"{server.ws}/api/v1/nowhere?t={token}")
     assert refused.value.response.status_code in (403, 404)
+
+
+def test_the_http_routes_and_the_chat_protocol_are_described(server: Server) -> None:
+    openapi = httpx.get(f"{server.http}/schema/openapi.json", timeout=10)
+    assert openapi.status_code == 200
+    assert {"/health", "/ready", "/asyncapi.json"} <= set(openapi.json()["paths"])
+    asyncapi = httpx.get(f"{server.http}/asyncapi.json", timeout=10)
+    assert asyncapi.status_code == 200 and asyncapi.json()["asyncapi"] == "3.0.0"
+    printed = server.cli("schema", "openapi", "--output", str(server.workdir / "openapi.json"))
+    assert printed.returncode == 0
+    assert (server.workdir / "openapi.json").read_text().startswith("{")

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from tests.conftest import delete_prefix
 from tests.e2e.conftest import Server, make_server, scripted_graph
 from tests.e2e.wsclient import ask, close_of, opened, recv, send, until
 
@@ -28,13 +29,7 @@ def real_server(
     running.start()
     yield running
     running.stop()
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+    delete_prefix(redis_url, prefix)
 
 
 async def test_turns_persist_in_postgres(real_server: Server) -> None:

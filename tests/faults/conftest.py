@@ -384,7 +384,13 @@ class Recorder:
 
     @property
     def chat(self) -> list[dict[str, Any]]:
-        return [f for f in self.frames if f.get("type") in CHAT_TYPES]
+        """The turn's frames: its chat frames and a ``turn_failed`` error, which is one of them
+        (docs/protocol.md §5.1: it has the turn's ``turn_id`` and a ``seq``)."""
+        return [
+            f
+            for f in self.frames
+            if f.get("type") in CHAT_TYPES or (f.get("type") == "error" and f.get("turn_id"))
+        ]
 
     @property
     def errors(self) -> list[dict[str, Any]]:
@@ -514,6 +520,11 @@ def assert_turn(
             if seq == last - 1
             else "stream"
         )
+        if frame["type"] == "error":  # a turn_failed, right before end
+            assert frame.get("code") == "turn_failed" and seq == last - 2, f"{frame}. {where}"
+            continue
+        if want == "stream" and seq == last - 2 and any(f["type"] == "error" for f in chat):
+            want = "error"
         assert frame["type"] == want, f"seq {seq} is {frame['type']}, expected {want}. {where}"
     end = ends[0]
     assert end["status"] in statuses, f"end status {end['status']!r}, wanted {statuses}. {where}"

@@ -13,6 +13,7 @@ from app.domain.chats import ChatSession
 from app.domain.flows import FlowStatus
 from app.domain.rejections import Rejected, Rejection
 from app.domain.users import User
+from app.infra.memory import InProcessConnectionCounter
 from tests.fakes import FakeBuildStore, FakeChatRepository, FakeFlowRepository, FakeTokenVerifier
 
 GRAPH = {"nodes": [], "edges": []}
@@ -31,7 +32,7 @@ class World:
         self.flows = FakeFlowRepository()
         self.chats = FakeChatRepository()
         self.builds = FakeBuildStore()
-        self.open: dict[str, int] = {}
+        self.counter = InProcessConnectionCounter()
         self.verifier = FakeTokenVerifier(
             {f"token-{u.id}": u for u in (self.owner, self.stranger, self.admin)}
         )
@@ -43,7 +44,7 @@ class World:
             features={"chat", "compute"},
             allowed_origins={"https://app.example"},
             max_connections_per_user=2,
-            open_connections=lambda user_id: self.open.get(user_id, 0),
+            counter=self.counter,
         )
 
     def token(self, user: User) -> str:
@@ -203,13 +204,19 @@ async def test_rule5b_version_build_is_its_own_record(world: World) -> None:
 
 async def test_rule6_too_many_connections(world: World) -> None:
     flow_id = await online_flow(world)
-    world.open[world.owner.id] = 2
+    first = await world.admit(world.owner, flow_id=flow_id, chat_id="c0")
+    await world.admit(world.owner, flow_id=flow_id, chat_id="c0")
     rejection = await world.rejection(world.owner, flow_id=flow_id, chat_id="c1")
     assert rejection is Rejection.TOO_MANY_CONNECTIONS and rejection.code == 1013
     # Refused before claiming: the chat id stays free.
     assert await world.chats.get_session("c1") is None
-    world.open[world.owner.id] = 1
+    # At the limit, a chat of someone else is still Forbidden (rule 4c comes before 6).
+    await world.admit(world.stranger, flow_id=flow_id, chat_id="theirs")
+    rejection = await world.rejection(world.owner, flow_id=flow_id, chat_id="theirs")
+    assert rejection is Rejection.FORBIDDEN
+    await world.service.release(first)
     assert (await world.admit(world.owner, flow_id=flow_id, chat_id="c1")).chat_id == "c1"
+    assert world.counter.open_connections(world.owner.id) == 2
 
 
 async def test_unreachable_store_is_service_unavailable(world: World) -> None:

@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyInitPlugin
 from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 
-from app.api import log_redaction
+from app.api.asyncapi import VERSION as ASYNCAPI_VERSION
+from app.api.asyncapi import asyncapi_json
 from app.api.chat_socket import chat_endpoint, feature_endpoint
 from app.api.graceful_shutdown import GracefulShutdown
 from app.api.health import health, ready
+from app.api.logs import configure_logging
+from app.api.playground import playground_router
 from app.bootstrap import build_container
 from app.cli.plugin import FlowgateCLIPlugin
-from app.infra.settings import Settings, load_settings
+from app.infra.settings import Settings, load_settings_or_exit
 from app.infra.sql.config import make_sqlalchemy_config
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
-    settings = settings or load_settings()
-    log_redaction.install()
-    _configure_logging(settings.log_level)
+    settings = settings or load_settings_or_exit()  # a bad setting: one line, exit 1
+    # Also for ``uvicorn app.api.asgi:create_app --factory``, which formats its own lines
+    # until here (``app run`` gives uvicorn the same configuration from the start).
+    configure_logging(settings.log_level, settings.log_format)
     # One SQL config for the repositories and for the plugin's `app database ...` commands.
     sql = make_sqlalchemy_config(settings.database_url)
 
@@ -30,6 +35,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         container = await build_container(settings, sql)
         app.state.container = container
+        await container.start()
         shutdown = GracefulShutdown(container.drain)
         shutdown.install()
         try:
@@ -39,11 +45,29 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await container.aclose()
 
     app = Litestar(
-        route_handlers=[chat_endpoint, feature_endpoint, health, ready],
+        route_handlers=[
+            chat_endpoint,
+            feature_endpoint,
+            health,
+            ready,
+            asyncapi_json,
+            playground_router,
+        ],
         lifespan=[lifespan],
         # advanced-alchemy's plugin for the engine's lifespan and `app database ...`.
         plugins=[SQLAlchemyInitPlugin(config=sql), FlowgateCLIPlugin()],
-        openapi_config=None,
+        # The HTTP routes' OpenAPI document at /schema/openapi.json (and `app schema openapi`),
+        # rendered as JSON or YAML only: the HTML renderers load scripts from a CDN. The chat
+        # protocol itself is the AsyncAPI document, /asyncapi.json.
+        openapi_config=OpenAPIConfig(
+            title="flowgate",
+            version=ASYNCAPI_VERSION,
+            path="/schema",
+            render_plugins=[JsonRenderPlugin(), YamlRenderPlugin()],
+        ),
+        # No logging configuration of Litestar's own: it would give the root logger its
+        # handler and format; its ``litestar`` logger goes through flowgate's instead.
+        logging_config=None,
     )
     # The plugin also adds a before-send hook that closes request-scoped sessions. flowgate
     # opens none (each repository call is its own unit of work), and any such hook makes
@@ -51,15 +75,3 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # most of Litestar's share of a round trip. flowgate registers no hook of its own.
     app.before_send.clear()
     return app
-
-
-def _configure_logging(level: str) -> None:
-    """flowgate's own loggers (``app.*``) write beside uvicorn's, in its format."""
-    logger = logging.getLogger("app")
-    logger.setLevel(level)
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)-9s %(name)s: %(message)s"))
-        handler.addFilter(log_redaction.RedactTokens())
-        logger.addHandler(handler)
-        logger.propagate = False

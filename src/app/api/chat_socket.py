@@ -1,7 +1,8 @@
 """``WS /api/v1/chat/{flow_id}`` and ``WS /api/v1/chat/{flow_id}/{feature}``.
 
-Accept first (so that a browser can read the close code and reason), admit, then hand each
-received frame to the domain's dispatcher. No polling: the loop waits on ``receive()`` only.
+Accept first (so that a browser can read the close code and reason), admit, then pump each
+received frame into the domain's session (:mod:`app.domain.session`). No polling: the loop
+waits on ``receive()`` only.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from urllib.parse import parse_qsl
 from litestar import WebSocket, websocket
 
 from app.bootstrap import Container
+from app.domain import log_context
 from app.domain.admission import Admission, AdmissionRequest, TokenSource
-from app.domain.connection import Connection
-from app.domain.dispatcher import FrameDispatcher
 from app.domain.rejections import Rejected, Rejection
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ async def _admit(
 
 
 async def serve(socket: WebSocket, flow_id: str, feature_name: str, container: Container) -> None:  # type: ignore[type-arg]
-    """Accept, admit, then receive until the socket closes.
+    """Accept, admit, then pump frames into the session until the socket closes.
 
     The receive loop is inline (not a coroutine of its own): each idle socket keeps every
     frame of its await chain alive, so one frame fewer is memory saved per connection.
@@ -123,34 +123,29 @@ async def serve(socket: WebSocket, flow_id: str, feature_name: str, container: C
     admission = await _admit(socket, flow_id, feature_name, container)
     if admission is None:
         return
-    settings = container.settings
-    feature = container.features.get(feature_name)
-    assert feature is not None  # admission checked it
-    connection = Connection(admission, SocketTransport(socket), settings.locale)
-    dispatcher = FrameDispatcher(
-        connection, feature, container.verifier, settings.messages_per_second
+    # Every line of this connection (its own ASGI task) carries who and what it is.
+    log_context.bind(
+        chat_id=admission.chat_id, flow_id=admission.flow.id, user_id=admission.user.id
     )
-    container.connections.add(connection)
+    logger.info("admitted to feature %s", feature_name)
     try:
-        await feature.opened(connection)
-        max_message_size = settings.max_message_size
-        while not connection.closed:
+        session = await container.sessions.open(admission, SocketTransport(socket))
+    except Exception:
+        logger.exception("opening the session failed for flow %s", flow_id)
+        await _close(socket, Rejection.INTERNAL, container.settings.locale)
+        await container.admission.release(admission)
+        return
+    try:
+        while session.open:
             event = await socket.receive()
             if event["type"] != "websocket.receive":
-                connection.closed = True
                 break
-            data = event.get("text") or event.get("bytes") or b""
-            if len(data) > max_message_size:
-                await connection.close(Rejection.MESSAGE_TOO_BIG)
-                break
-            await dispatcher.dispatch(data)
+            await session.receive(event.get("text") or event.get("bytes") or b"")
     except Exception:
-        logger.exception("connection %s failed", connection.id)
-        await connection.close(Rejection.INTERNAL)
+        logger.exception("connection %s failed", session.connection.id)
+        await session.fail()
     finally:
-        dispatcher.stop()
-        container.connections.remove(connection)
-        await feature.closed(connection)
+        await session.close()
 
 
 async def _close(socket: WebSocket, rejection: Rejection, locale: str) -> None:  # type: ignore[type-arg]

@@ -14,9 +14,13 @@ def health() -> dict[str, str]:
 
 @get("/ready")
 async def ready(state: State) -> Response[dict[str, object]]:
-    checks = await state.container.check_stores()
-    ok = all(checks.values())
+    """503 while a store does not answer, and while draining after SIGTERM (so that a load
+    balancer stops sending new sockets here)."""
+    container = state.container
+    checks = await container.check_stores()
+    ok = all(checks.values()) and not container.draining
+    status = "ok" if ok else ("draining" if container.draining else "unavailable")
     return Response(
-        {"status": "ok" if ok else "unavailable", "checks": checks},
+        {"status": status, "checks": checks},
         status_code=HTTP_200_OK if ok else HTTP_503_SERVICE_UNAVAILABLE,
     )

@@ -1,15 +1,11 @@
-"""The ``app`` command: the Litestar CLI (``app run``, ``app database upgrade``) plus flowgate's
-own groups (``app token``, ``app flows``, ``app demo``)."""
+"""The ``app`` command: flowgate's own groups (``app run``, ``app token``, ``app flows``,
+``app demo``, ``app chat``), advanced-alchemy's ``app database ...`` and Litestar's commands,
+each imported only when it runs (see :mod:`app.cli.main`)."""
 
 from __future__ import annotations
 
-import os
-import sys
-
 
 def run_cli() -> None:
-    os.environ.setdefault("LITESTAR_APP", "app.api.asgi:create_app")
-    os.environ.setdefault("LITESTAR_APP_NAME", "flowgate")
-    from litestar.cli.main import litestar_group
+    from app.cli.main import cli
 
-    sys.exit(litestar_group())
+    cli.main(prog_name="app")

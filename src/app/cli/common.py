@@ -1,4 +1,8 @@
-"""What every flowgate command shares: settings, the container, and clean failures."""
+"""What every flowgate command shares: settings, the container, and clean failures.
+
+The container (and so SQLAlchemy, advanced-alchemy and the drivers) is imported only by the
+commands that open it: ``app token issue`` and ``app chat`` never do.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,16 @@ import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 import msgspec
 
-from app.bootstrap import Container, build_container
 from app.domain.errors import DomainError, InvalidGraph
-from app.infra.settings import SettingsError, load_settings
+from app.infra.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from app.bootstrap import Container
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -28,13 +34,24 @@ def fail(message: str) -> CommandFailed:
     return CommandFailed(message)
 
 
-@asynccontextmanager
-async def container() -> AsyncIterator[Container]:
+def load_settings_or_fail() -> Settings:
+    """The settings, or the one line that says which is wrong (exit status 1)."""
     try:
-        settings = load_settings()
+        return load_settings()
     except SettingsError as exc:
         raise fail(str(exc)) from None
-    built = await build_container(settings)
+
+
+@asynccontextmanager
+async def container() -> AsyncIterator[Container]:
+    settings = load_settings_or_fail()
+    from app.bootstrap import build_container
+    from app.infra.sql.config import make_plain_sqlalchemy_config
+
+    try:
+        built = await build_container(settings, make_plain_sqlalchemy_config(settings.database_url))
+    except SettingsError as exc:  # what only an adapter can check (a PEM key that does not parse)
+        raise fail(str(exc)) from None
     try:
         yield built
     finally:

@@ -10,15 +10,21 @@ from __future__ import annotations
 import click
 import uvicorn
 
-from app.cli.common import fail
-from app.infra.settings import SettingsError, load_settings
+from app.api.logs import logging_config
+from app.cli.common import fail, load_settings_or_fail
 
 WS_IMPLEMENTATIONS = ("websockets-sansio", "websockets", "wsproto")
 
 
 @click.command(name="run")
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="FLOWGATE_HOST")
-@click.option("--port", default=8000, show_default=True, type=int, envvar="FLOWGATE_PORT")
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    envvar="FLOWGATE_PORT",
+)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option(
     "--ws",
@@ -37,10 +43,13 @@ WS_IMPLEMENTATIONS = ("websockets-sansio", "websockets", "wsproto")
 )
 def run_command(host: str, port: int, workers: int, ws_impl: str, forwarded_allow_ips: str) -> None:
     """Serve flowgate with uvicorn."""
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        raise fail(str(exc)) from None
+    settings = load_settings_or_fail()
+    if workers > 1 and not settings.redis_url:
+        raise fail(
+            f"--workers {workers} needs FLOWGATE_REDIS_URL: without Redis each worker keeps its "
+            "own chats, so sockets of one chat on different workers would not share its turns; "
+            "set FLOWGATE_REDIS_URL or run one worker"
+        )
     uvicorn.run(
         "app.api.asgi:create_app",
         factory=True,
@@ -55,4 +64,5 @@ def run_command(host: str, port: int, workers: int, ws_impl: str, forwarded_allo
         forwarded_allow_ips=forwarded_allow_ips,
         timeout_graceful_shutdown=int(settings.shutdown_grace),
         log_level=settings.log_level.lower(),
+        log_config=logging_config(settings.log_level, settings.log_format),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Container
 from enum import StrEnum
@@ -12,7 +13,13 @@ from app.domain.builds import BuildStatus
 from app.domain.chats import ChatSession
 from app.domain.errors import InvalidToken, StoreUnavailable
 from app.domain.flows import Flow, Graph
-from app.domain.ports import BuildStore, ChatRepository, FlowRepository, TokenVerifier
+from app.domain.ports import (
+    BuildStore,
+    ChatRepository,
+    ConnectionCounter,
+    FlowRepository,
+    TokenVerifier,
+)
 from app.domain.rejections import Rejected, Rejection
 from app.domain.users import User
 
@@ -47,6 +54,8 @@ class Admission(msgspec.Struct, frozen=True):
     graph: Graph
     chat_id: str | None
     version_id: int | None
+    #: The connection's entry in the per-user connection count (released when it closes).
+    slot: str = ""
 
     @property
     def debug(self) -> bool:
@@ -65,7 +74,9 @@ class AdmissionService:
         features: Container[str],
         allowed_origins: Container[str],
         max_connections_per_user: int,
-        open_connections: Callable[[str], int],
+        counter: ConnectionCounter,
+        stores_down: Callable[[], bool] = lambda: False,
+        process_id: str = "p",
     ) -> None:
         self._verifier = verifier
         self._flows = flows
@@ -74,7 +85,9 @@ class AdmissionService:
         self._features = features
         self._allowed_origins = allowed_origins
         self._max_connections = max_connections_per_user
-        self._open_connections = open_connections
+        self._counter = counter
+        self._stores_down = stores_down
+        self._slots = (f"{process_id}:{n}" for n in itertools.count(1))
         self._owners: dict[str, ChatSession] = {}
 
     async def admit(self, request: AdmissionRequest) -> Admission:
@@ -84,8 +97,16 @@ class AdmissionService:
         except StoreUnavailable as exc:
             raise Rejected(Rejection.SERVICE_UNAVAILABLE, str(exc)) from exc
 
+    async def release(self, admission: Admission) -> None:
+        """The connection closed: it no longer counts against its user's limit."""
+        if admission.slot:
+            await self._counter.release(admission.user.id, admission.slot)
+
     async def _admit(self, request: AdmissionRequest) -> Admission:
         user = await self._authenticate(request)
+        # A store known to be away: no turn could run (PROTOCOL.md §3, "service unavailable").
+        if self._stores_down():
+            raise Rejected(Rejection.SERVICE_UNAVAILABLE, "a backing store is down")
         if request.feature not in self._features:
             raise Rejected(Rejection.UNKNOWN_FEATURE)
         if request.chat_id is not None and not CHAT_ID_PATTERN.fullmatch(request.chat_id):
@@ -94,11 +115,21 @@ class AdmissionService:
         flow = await self._flows.get(request.flow_id)
         if flow is None:
             raise Rejected(Rejection.FLOW_DELETED)
-        if request.chat_id is not None:
-            graph = await self._admit_chat(user, flow, request.chat_id, version_id)
-        else:
-            graph = await self._admit_debug(user, flow, version_id)
-            self._check_connection_count(user)
+        # Rule 6 is counted across every process (a dead process's entries expire), first, so
+        # that a user at the limit claims no chat; its answer waits for the rules before it.
+        slot = next(self._slots)
+        counted = await self._counter.acquire(user.id, slot, self._max_connections)
+        try:
+            if request.chat_id is not None:
+                graph = await self._admit_chat(user, flow, request.chat_id, version_id, counted)
+            else:
+                graph = await self._admit_debug(user, flow, version_id)
+                if not counted:
+                    raise Rejected(Rejection.TOO_MANY_CONNECTIONS)
+        except BaseException:
+            if counted:
+                await self._counter.release(user.id, slot)
+            raise
         return Admission(
             user=user,
             flow=flow,
@@ -106,6 +137,7 @@ class AdmissionService:
             graph=graph,
             chat_id=request.chat_id,
             version_id=version_id,
+            slot=slot,
         )
 
     async def _authenticate(self, request: AdmissionRequest) -> User:
@@ -123,7 +155,7 @@ class AdmissionService:
         return user
 
     async def _admit_chat(
-        self, user: User, flow: Flow, chat_id: str, version_id: int | None
+        self, user: User, flow: Flow, chat_id: str, version_id: int | None, counted: bool
     ) -> Graph:
         if not flow.is_online:
             raise Rejected(Rejection.FLOW_NOT_ONLINE)
@@ -133,23 +165,22 @@ class AdmissionService:
             if version is None or version.flow_id != flow.id:
                 raise Rejected(Rejection.VERSION_NOT_FOUND)
             graph = version.graph
-        await self._check_chat_owner(user, flow, chat_id)
+        await self._check_chat_owner(user, flow, chat_id, counted)
         return graph
 
-    async def _check_chat_owner(self, user: User, flow: Flow, chat_id: str) -> None:
-        """Rule 4c, then rule 6; a new chat id becomes this user's.
+    async def _check_chat_owner(self, user: User, flow: Flow, chat_id: str, counted: bool) -> None:
+        """Rule 4c, then rule 6; a new chat id becomes this user's at once (one statement).
 
         Ownership never changes once claimed, so it is remembered: a reconnect costs no query.
-        Under the connection limit, the claim itself answers 4c (one statement for a new chat);
-        at the limit, a read decides whether the answer is Forbidden or too many connections.
+        At the connection limit a read decides between Forbidden and too many connections.
         """
         owner = self._owners.get(chat_id)
+        if owner is None and not counted:
+            session = await self._chats.get_session(chat_id)
+            if session is not None and not _owns(session, user, flow):
+                raise Rejected(Rejection.FORBIDDEN)
+            raise Rejected(Rejection.TOO_MANY_CONNECTIONS)
         if owner is None:
-            if self._open_connections(user.id) >= self._max_connections:
-                session = await self._chats.get_session(chat_id)
-                if session is not None and not _owns(session, user, flow):
-                    raise Rejected(Rejection.FORBIDDEN)
-                raise Rejected(Rejection.TOO_MANY_CONNECTIONS)
             # Two first connections may race for a new id: the store lets exactly one win.
             mine = ChatSession(chat_id=chat_id, flow_id=flow.id, user_id=user.id)
             owner = await self._chats.claim_session(mine)
@@ -158,10 +189,7 @@ class AdmissionService:
             self._owners[chat_id] = owner
         if not _owns(owner, user, flow):
             raise Rejected(Rejection.FORBIDDEN)
-        self._check_connection_count(user)
-
-    def _check_connection_count(self, user: User) -> None:
-        if self._open_connections(user.id) >= self._max_connections:
+        if not counted:
             raise Rejected(Rejection.TOO_MANY_CONNECTIONS)
 
     async def _admit_debug(self, user: User, flow: Flow, version_id: int | None) -> Graph:

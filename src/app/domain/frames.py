@@ -40,6 +40,9 @@ class HistoryRequest(msgspec.Struct):
 
 class ResumeRequest(msgspec.Struct):
     after_id: Annotated[int, msgspec.Meta(ge=0)]
+    #: A turn the client saw frames of, and the last ``seq`` it saw (absent: none of them).
+    turn_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    after_seq: Annotated[int, msgspec.Meta(ge=-1)] | None = None
 
 
 class PingRequest(msgspec.Struct):
@@ -57,19 +60,25 @@ ENVELOPE_DECODER = msgspec.json.Decoder(Envelope)
 
 
 class ChatFrame(msgspec.Struct):
-    """bisheng's ChatResponse: every field is always sent, null where it has no value."""
+    """bisheng's ChatResponse: every field is always sent, null where it has no value.
+
+    ``seq`` numbers the frames of one turn from 0 (``begin``) upwards, with no gaps. Fields
+    are in the order of PROTOCOL.md's example; ``type`` must stay first (receivers of the
+    turn log recognise a frame's type by its first bytes).
+    """
 
     type: str
     category: str
     is_bot: bool
     message: str
+    intermediate_steps: str
+    message_id: int | None
     chat_id: str | None
     flow_id: str
     user_id: str
     turn_id: str
-    message_id: int | None = None
-    status: str | None = None
-    intermediate_steps: str = ""
+    seq: int | None
+    status: str | None
 
 
 class HistoryItem(msgspec.Struct):
@@ -94,6 +103,9 @@ class ErrorFrame(msgspec.Struct, tag_field="type", tag="error", omit_defaults=Tr
     code: str
     message: str
     retry_after: float | None = None
+    #: Set on a ``turn_failed`` sent as one of a turn's frames (it has a position too).
+    turn_id: str | None = None
+    seq: int | None = None
 
 
 class ErrorCode:
@@ -104,6 +116,7 @@ class ErrorCode:
     RATE_LIMITED = "rate_limited"
     NOT_RUNNING = "not_running"
     TURN_FAILED = "turn_failed"
+    RESUME_UNAVAILABLE = "resume_unavailable"
     UNAUTHORIZED = "unauthorized"
 
 

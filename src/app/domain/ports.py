@@ -7,12 +7,14 @@ Each port holds only the methods the domain really calls. Every adapter raises
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Protocol
 
 from app.domain.builds import BuildRecord
-from app.domain.chats import ChatMessage, ChatSession, NewMessage
+from app.domain.chats import ChatMessage, ChatSession, NewMessage, TurnRecord
 from app.domain.flows import Flow, FlowStatus, FlowVersion, Graph
 from app.domain.llm import ModelMessage
+from app.domain.turn_log import LogSlice
 from app.domain.users import User
 
 
@@ -45,7 +47,15 @@ class ChatRepository(Protocol):
         """
         ...
 
-    async def add_message(self, message: NewMessage) -> ChatMessage: ...
+    async def add_message(self, message: NewMessage) -> ChatMessage:
+        """Store the question or the answer of a turn, once: if the turn already has a message
+        of that category (a retry after a lost reply, or a turn finished twice), that stored
+        message is returned unchanged."""
+        ...
+
+    async def unanswered(self, created_before: datetime, limit: int) -> Sequence[ChatMessage]:
+        """Questions created before ``created_before`` that have no answer, oldest first."""
+        ...
 
     async def messages_of_turn(self, chat_id: str, client_msg_id: str) -> Sequence[ChatMessage]:
         """The messages (question, then answer if stored) of the turn a client id started."""
@@ -90,38 +100,114 @@ class ChatModel(Protocol):
         ...
 
 
-class ChatBusListener(Protocol):
-    """What a chat bus tells this process about chats it joined."""
+class TurnLease(Protocol):
+    """A running turn's claim on its chat: held while renewed, free again once it lapses.
 
-    async def on_remote_frame(self, chat_id: str, frame: bytes) -> None: ...
+    One holder per chat at a time, across every process. A holder names who runs the turn
+    (``<process id>/<turn id>``). A lease that lapsed without being released (its process
+    died) stays listed by :meth:`lapsed` until someone acquires and releases it.
+    """
 
-    def on_remote_stop(self, chat_id: str) -> None: ...
-
-    def on_remote_join(self, chat_id: str) -> None: ...
-
-
-class ChatBus(Protocol):
-    """Carries a chat's frames and stop requests between server processes, and knows which
-    chats have a running turn, so that every process of a deployment shares a chat."""
-
-    def attach(self, listener: ChatBusListener) -> None: ...
-
-    async def join(self, chat_id: str) -> None:
-        """Start receiving this chat's frames, and tell the processes already in it."""
+    async def acquire(self, chat_id: str, holder: str, ttl: float) -> bool:
+        """Take the chat if no live lease holds it; False if one does."""
         ...
+
+    async def renew(self, held: Sequence[tuple[str, str]], ttl: float) -> list[bool]:
+        """Extend each ``(chat_id, holder)`` lease; False where another holder has the chat.
+
+        A lease that vanished (it lapsed, or the store lost it) is taken again.
+        """
+        ...
+
+    async def release(self, chat_id: str, holder: str) -> None:
+        """Free the chat if ``holder`` still holds it."""
+        ...
+
+    async def holder(self, chat_id: str) -> str | None: ...
+
+    async def lapsed(self, limit: int) -> list[str]:
+        """Chats whose lease expired without a release: their turn's process is gone."""
+        ...
+
+
+class TurnLog(Protocol):
+    """A turn's frames by position, kept while it runs and ``ttl`` seconds after it ends, and
+    the chat's latest :class:`TurnRecord`.
+
+    Writes do not wait: they are batched and written in order, each frame appended to the log
+    before it is published to the chat's other processes (a receiver that sees a gap can fill
+    it from the log). What cannot be written while the store is away is kept, bounded, and
+    written when it is back.
+    """
+
+    def start(self, record: TurnRecord) -> None:
+        """The chat's latest turn is now ``record``."""
+        ...
+
+    def append(self, chat_id: str, turn_id: str, seq: int, frame: bytes) -> None:
+        """Log the frame at position ``seq`` and publish it to the chat's other processes."""
+        ...
+
+    def end(self, record: TurnRecord) -> None:
+        """The turn ended (``record`` says whether its answer is stored); its log now expires."""
+        ...
+
+    async def read(self, chat_id: str, turn_id: str, after_seq: int) -> LogSlice | None:
+        """The logged frames after ``after_seq``, in order; None if the log has no such turn."""
+        ...
+
+    async def current(self, chat_id: str) -> TurnRecord | None:
+        """The chat's latest turn, running or ended, while its log is kept."""
+        ...
+
+    async def flush(self) -> None:
+        """Wait until everything logged so far is written; StoreUnavailable if it cannot be."""
+        ...
+
+
+class FanOutListener(Protocol):
+    """What the chat fan-out tells this process about chats it joined."""
+
+    def on_frames(self, chat_id: str, turn_id: str, first_seq: int, frames: list[bytes]) -> None:
+        """Frames another process appended to a turn of the chat, from ``first_seq`` on."""
+        ...
+
+    def on_resync(self) -> None:
+        """The fan-out reconnected: frames published meanwhile are only in the turn log."""
+        ...
+
+
+class ChatFanOut(Protocol):
+    """Delivers to this process the frames other processes append to the turn logs of the
+    chats it joined (publishing is part of :meth:`TurnLog.append`)."""
+
+    def attach(self, listener: FanOutListener) -> None: ...
+
+    async def join(self, chat_id: str) -> None: ...
 
     async def leave(self, chat_id: str) -> None: ...
 
-    async def publish(self, chat_id: str, frame: bytes) -> bool:
-        """Send a frame to the other processes in the chat; False if none listens."""
+
+class ControlListener(Protocol):
+    def on_stop(self, chat_id: str) -> None:
+        """Someone asked to stop the turn running in the chat."""
         ...
+
+
+class TurnControl(Protocol):
+    """Control messages between processes: a ``stop`` reaches the process running the turn."""
+
+    def attach(self, listener: ControlListener) -> None: ...
 
     async def request_stop(self, chat_id: str) -> None: ...
 
-    async def claim_turn(self, chat_id: str, turn_id: str, ttl_seconds: float) -> bool:
-        """Atomically mark a turn as running in the chat; False if one already runs."""
+
+class ConnectionCounter(Protocol):
+    """Open connections per user, counted across every process; a dead process's entries
+    expire on their own."""
+
+    async def acquire(self, user_id: str, slot: str, limit: int) -> bool:
+        """Count ``slot`` for the user unless they already have ``limit`` open."""
         ...
 
-    async def release_turn(self, chat_id: str, turn_id: str) -> None: ...
-
-    async def turn_running(self, chat_id: str) -> bool: ...
+    async def release(self, user_id: str, slot: str) -> None: ...

@@ -9,6 +9,7 @@ MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 SERVICE_RESTART = 1012
 TRY_AGAIN_LATER = 1013
+SLOW_CONSUMER = 4008
 
 
 class Rejection(Enum):
@@ -29,6 +30,7 @@ class Rejection(Enum):
     MESSAGE_TOO_BIG = (MESSAGE_TOO_BIG, "message too big", None)
     INTERNAL = (INTERNAL_ERROR, "internal error", None)
     SERVICE_RESTART = (SERVICE_RESTART, "service restart", None)
+    SLOW_CONSUMER = (SLOW_CONSUMER, "slow consumer", None)
 
     @property
     def code(self) -> int:

@@ -5,24 +5,21 @@ and ``problems`` (JSON text), expiring after the build TTL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import msgspec
-from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
 from app.domain.builds import BuildRecord, BuildStatus, build_key
-from app.domain.errors import StoreUnavailable
+from app.infra.redis.client import AnyRedis
+from app.infra.redis.errors import redis_errors_as_unavailable as _redis_errors
 
 _graph_decoder = msgspec.json.Decoder(dict[str, Any] | None)
 _problems_decoder = msgspec.json.Decoder(list[str])
 
 
 class RedisBuildStore:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: AnyRedis, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
 
@@ -62,11 +59,3 @@ class RedisBuildStore:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-@contextmanager
-def _redis_errors() -> Iterator[None]:
-    try:
-        yield
-    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
-        raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from exc

@@ -59,6 +59,8 @@ class ChatMessageRow(IdentityBase):
         # (chat_id, id) serves history and resume; it also indexes chat_id alone.
         Index("ix_chat_message_chat_id_id", "chat_id", "id"),
         Index("ix_chat_message_chat_id_client_msg_id", "chat_id", "client_msg_id"),
+        # One question and one answer per turn (migration 0002): storing is idempotent.
+        Index("uq_chat_message_turn_id_category", "turn_id", "category", unique=True),
         # Message ids order history and resume points, so on SQLite too they must only grow.
         {"sqlite_autoincrement": True},
     )

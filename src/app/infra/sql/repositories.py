@@ -18,6 +18,7 @@ from typing import cast
 from advanced_alchemy.filters import LimitOffset
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from sqlalchemy import Table, bindparam, select
+from sqlalchemy.orm import aliased
 from sqlalchemy.sql.expression import Executable
 
 from app.domain.chats import Category, ChatMessage, ChatSession, MessageStatus, NewMessage
@@ -144,8 +145,12 @@ class SqlChatRepository:
             return ChatSession(chat_id=row[0], flow_id=row[1], user_id=row[2])
 
     async def add_message(self, message: NewMessage) -> ChatMessage:
-        # Two of these per turn, on the hot path of every turn: one Core INSERT ... RETURNING,
-        # compiled once, where the ORM unit of work cost several times as much.
+        """INSERT ... ON CONFLICT (turn_id, category) DO NOTHING RETURNING id; the stored row
+        only if the turn already had one (a retry, or a second finaliser).
+
+        Two of these per turn, on the hot path of every turn: Core statements compiled once,
+        where the ORM unit of work cost several times as much.
+        """
         now = datetime.now(UTC)
         values = {
             "chat_id": message.chat_id,
@@ -160,7 +165,12 @@ class SqlChatRepository:
             "created_at": now,
         }
         async with unit_of_work(self._sessions) as session:
-            row = (await session.execute(_insert_message_statement(), values)).one()
+            insert, find = _message_statements(session.get_bind().dialect.name)
+            row = (await session.execute(insert, values)).first()
+            if row is None:
+                existing = (await session.execute(find, values)).scalars().one()
+                await session.commit()
+                return _message(existing)
             await session.commit()
         return ChatMessage(
             id=row[0],
@@ -187,6 +197,28 @@ class SqlChatRepository:
                 ChatMessageRow.turn_id.in_(turns_of_client_id),
                 order_by=(ChatMessageRow.id, False),
             )
+            return [_message(row) for row in rows]
+
+    async def unanswered(self, created_before: datetime, limit: int) -> Sequence[ChatMessage]:
+        """Questions created before ``created_before`` that have no answer, oldest first."""
+        answers = aliased(ChatMessageRow)
+        has_answer = (
+            select(answers.id)
+            .where(answers.turn_id == ChatMessageRow.turn_id, answers.category == Category.ANSWER)
+            .exists()
+        )
+        statement = (
+            select(ChatMessageRow)
+            .where(
+                ChatMessageRow.category == Category.QUESTION,
+                ChatMessageRow.created_at < created_before,
+                ~has_answer,
+            )
+            .order_by(ChatMessageRow.id)
+            .limit(limit)
+        )
+        async with unit_of_work(self._sessions) as session:
+            rows = (await session.execute(statement)).scalars().all()
             return [_message(row) for row in rows]
 
     async def history(
@@ -265,11 +297,17 @@ def _claim_statements(dialect: str) -> tuple[Executable, Executable]:
 
 
 @functools.cache
-def _insert_message_statement() -> Executable:
+def _message_statements(dialect: str) -> tuple[Executable, Executable]:
     table = cast(Table, ChatMessageRow.__table__)
     columns = [column for column in table.c if column.name != "id"]
-    return (
-        table.insert()
+    insert = (
+        dialect_insert(dialect)(table)
         .values({column.name: bindparam(column.name, type_=column.type) for column in columns})
+        .on_conflict_do_nothing(index_elements=["turn_id", "category"])
         .returning(table.c.id)
     )
+    find = select(ChatMessageRow).where(
+        ChatMessageRow.turn_id == bindparam("turn_id"),
+        ChatMessageRow.category == bindparam("category"),
+    )
+    return insert, find

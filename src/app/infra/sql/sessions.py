@@ -6,11 +6,11 @@ a unit of work, commits it or lets it roll back, and closes it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,7 +29,6 @@ _UNAVAILABLE = (
     sa_exc.InterfaceError,
     sa_exc.DisconnectionError,
     sa_exc.TimeoutError,
-    asyncpg.PostgresConnectionError,
 )
 
 
@@ -72,9 +71,16 @@ def _connection_failure(exc: BaseException) -> BaseException | None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, _UNAVAILABLE):
+        if isinstance(current, _UNAVAILABLE) or _is_asyncpg_connection_error(current):
             return current
         if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
             return current
         current = current.__cause__ or current.__context__
     return None
+
+
+def _is_asyncpg_connection_error(exc: BaseException) -> bool:
+    """asyncpg's connection errors, without importing asyncpg on SQLite: if it was never
+    imported, no asyncpg error can have been raised."""
+    asyncpg = sys.modules.get("asyncpg")
+    return asyncpg is not None and isinstance(exc, asyncpg.PostgresConnectionError)

@@ -1,0 +1,110 @@
+"""One socket's session, from admission to close: what the socket layer pumps frames into.
+
+The API layer accepts the socket, has it admitted, then calls :meth:`SocketSession.receive`
+for each frame and :meth:`SocketSession.close` once it has gone. Everything else — the
+single-writer connection, rate limiting and routing, the feature's hooks, the connection
+registry and the per-user count — is tied together here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from app.domain.admission import Admission, AdmissionService
+from app.domain.connection import Connection, Transport
+from app.domain.dispatcher import FrameDispatcher
+from app.domain.errors import StoreUnavailable
+from app.domain.features.base import Feature, FeatureRegistry
+from app.domain.ports import TokenVerifier
+from app.domain.registry import ConnectionRegistry
+from app.domain.rejections import Rejection
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    messages_per_second: float
+    max_message_size: int
+    send_buffer: int
+    locale: str = "en"
+
+
+class SocketSession:
+    __slots__ = ("_dispatcher", "_factory", "_feature", "connection")
+
+    def __init__(
+        self,
+        connection: Connection,
+        feature: Feature,
+        dispatcher: FrameDispatcher,
+        factory: Sessions,
+    ) -> None:
+        self.connection = connection
+        self._feature = feature
+        self._dispatcher = dispatcher
+        self._factory = factory
+
+    @property
+    def open(self) -> bool:
+        return not self.connection.closed
+
+    async def receive(self, data: bytes | str) -> None:
+        """One frame from the client."""
+        if len(data) > self._factory.limits.max_message_size:
+            await self.connection.close(Rejection.MESSAGE_TOO_BIG)
+            return
+        await self._dispatcher.dispatch(data)
+
+    async def fail(self) -> None:
+        """flowgate's own fault while serving the socket: close it with 1011."""
+        await self.connection.close(Rejection.INTERNAL)
+
+    async def close(self) -> None:
+        """The socket has gone, whatever the reason: undo everything :meth:`Sessions.open` did."""
+        self.connection.closed = True
+        self._dispatcher.stop()
+        factory = self._factory
+        factory.registry.remove(self.connection)
+        try:
+            await self._feature.closed(self.connection)
+        finally:
+            try:
+                await factory.admission.release(self.connection.admission)
+            except StoreUnavailable as exc:  # the entry expires on its own
+                logger.warning("connection count not released: %s", exc)
+
+
+class Sessions:
+    """Opens sessions for admitted sockets; one per process."""
+
+    def __init__(
+        self,
+        *,
+        features: FeatureRegistry,
+        verifier: TokenVerifier,
+        admission: AdmissionService,
+        registry: ConnectionRegistry,
+        limits: SessionLimits,
+    ) -> None:
+        self.features = features
+        self.verifier = verifier
+        self.admission = admission
+        self.registry = registry
+        self.limits = limits
+
+    async def open(self, admission: Admission, transport: Transport) -> SocketSession:
+        feature = self.features.get(admission.feature)
+        assert feature is not None  # admission checked it
+        limits = self.limits
+        connection = Connection(admission, transport, limits.locale, limits.send_buffer)
+        dispatcher = FrameDispatcher(connection, feature, self.verifier, limits.messages_per_second)
+        session = SocketSession(connection, feature, dispatcher, self)
+        self.registry.add(connection)
+        try:
+            await feature.opened(connection)
+        except BaseException:
+            await session.close()
+            raise
+        return session

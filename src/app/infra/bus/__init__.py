@@ -1,1 +1,0 @@
-"""Chat bus adapters: in-process (one server process) and Redis (several)."""

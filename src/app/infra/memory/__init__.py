@@ -1,0 +1,20 @@
+"""The in-process twins of the Redis adapters: the embedded default's turn log, leases,
+fan-out and connection counts, and the fakes unit tests use.
+
+Several sets of twins can share one :class:`MemoryStore`, as several processes share one Redis:
+unit tests run two "processes" in one event loop that way.
+"""
+
+from app.infra.memory.channels import InProcessChannels
+from app.infra.memory.counter import InProcessConnectionCounter
+from app.infra.memory.lease import InProcessLease
+from app.infra.memory.store import MemoryStore
+from app.infra.memory.turn_log import InProcessTurnLog
+
+__all__ = [
+    "InProcessChannels",
+    "InProcessConnectionCounter",
+    "InProcessLease",
+    "InProcessTurnLog",
+    "MemoryStore",
+]

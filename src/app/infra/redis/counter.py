@@ -1,0 +1,91 @@
+"""The Redis :class:`~app.domain.ports.ConnectionCounter`: a sorted set per user,
+``{prefix}{user:<id>}:conns``, of this user's open connections (``<process>:<n>``) with the
+time each entry lapses. A process refreshes its own entries every third of :data:`SLOT_TTL`,
+so a dead process's connections stop counting within that time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from app.domain.errors import StoreUnavailable
+from app.infra.redis.client import AnyRedis
+from app.infra.redis.errors import redis_errors_as_unavailable
+from app.infra.redis.keys import RedisKeys
+
+logger = logging.getLogger(__name__)
+
+SLOT_TTL = 60.0
+
+# Drop lapsed entries, refuse at the limit, else add: atomic, on the server's clock.
+_ACQUIRE = """
+local now = redis.call('time')
+local now_ms = now[1] * 1000 + math.floor(now[2] / 1000)
+redis.call('zremrangebyscore', KEYS[1], '-inf', now_ms)
+if redis.call('zcard', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('zadd', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[3])
+redis.call('pexpire', KEYS[1], ARGV[2])
+return 1
+"""
+_REFRESH = """
+local now = redis.call('time')
+local until_ms = now[1] * 1000 + math.floor(now[2] / 1000) + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('zadd', KEYS[1], 'xx', until_ms, ARGV[i]) end
+redis.call('pexpire', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+class RedisConnectionCounter:
+    def __init__(self, redis: AnyRedis, keys: RedisKeys, *, slot_ttl: float = SLOT_TTL) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._ttl_ms = int(slot_ttl * 1000)
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._refresh = redis.register_script(_REFRESH)
+        #: This process's open slots, per user.
+        self._mine: dict[str, set[str]] = {}
+        self._refresher: asyncio.Task[None] | None = None
+
+    async def acquire(self, user_id: str, slot: str, limit: int) -> bool:
+        with redis_errors_as_unavailable():
+            ok = await self._acquire(
+                keys=[self._keys.connections(user_id)], args=[limit, self._ttl_ms, slot]
+            )
+        if ok:
+            self._mine.setdefault(user_id, set()).add(slot)
+            if self._refresher is None:
+                self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
+        return bool(ok)
+
+    async def release(self, user_id: str, slot: str) -> None:
+        slots = self._mine.get(user_id)
+        if slots is not None:
+            slots.discard(slot)
+            if not slots:
+                del self._mine[user_id]
+        with redis_errors_as_unavailable():
+            await self._redis.zrem(self._keys.connections(user_id), slot)
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl_ms / 3000)
+            mine = {user: list(slots) for user, slots in self._mine.items() if slots}
+            try:
+                with redis_errors_as_unavailable():
+                    await asyncio.gather(
+                        *(
+                            self._refresh(
+                                keys=[self._keys.connections(user)], args=[self._ttl_ms, *slots]
+                            )
+                            for user, slots in mine.items()
+                        )
+                    )
+            except StoreUnavailable as exc:
+                logger.warning("connection counts not refreshed: %s", exc)
+
+    async def aclose(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None

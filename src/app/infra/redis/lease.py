@@ -1,0 +1,94 @@
+"""The Redis :class:`~app.domain.ports.TurnLease`: key ``{prefix}{chat:<id>}:lease`` holds the
+holder with a TTL (``SET NX PX``); a sorted set ``{prefix}{leases}`` holds each lease's
+deadline, so that a sweep finds the leases that lapsed without a release (a process died)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from app.infra.redis.client import AnyRedis
+from app.infra.redis.errors import redis_errors_as_unavailable
+from app.infra.redis.keys import RedisKeys
+
+# Renew: extend if still ours, take again if it vanished (lapsed, or lost by a restart).
+_RENEW = """
+local held = redis.call('get', KEYS[1])
+if held == ARGV[1] or not held then
+  redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2])
+  return 1
+end
+return 0
+"""
+# Release: only the holder's own lease (a late release must not free a newer turn's chat).
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class RedisLease:
+    def __init__(self, redis: AnyRedis, keys: RedisKeys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+
+    async def acquire(self, chat_id: str, holder: str, ttl: float) -> bool:
+        with redis_errors_as_unavailable():
+            taken = await self._redis.set(self._keys.lease(chat_id), holder, nx=True, px=_ms(ttl))
+            if taken:
+                await self._redis.zadd(self._keys.leases, {chat_id: _deadline(ttl)})
+        return bool(taken)
+
+    async def renew(self, held: Sequence[tuple[str, str]], ttl: float) -> list[bool]:
+        keys, deadline = self._keys, _deadline(ttl)
+        with redis_errors_as_unavailable():
+            # Concurrent script calls rather than one pipeline: a cluster routes each by its key.
+            results = await asyncio.gather(
+                *(
+                    self._renew(keys=[keys.lease(chat_id)], args=[holder, _ms(ttl)])
+                    for chat_id, holder in held
+                )
+            )
+            kept = [bool(result) for result in results]
+            ours = {chat_id: deadline for (chat_id, _), ok in zip(held, kept, strict=True) if ok}
+            if ours:
+                await self._redis.zadd(keys.leases, ours)
+        return kept
+
+    async def release(self, chat_id: str, holder: str) -> None:
+        with redis_errors_as_unavailable():
+            released = await self._release(keys=[self._keys.lease(chat_id)], args=[holder])
+            if released:
+                await self._redis.zrem(self._keys.leases, chat_id)
+
+    async def holder(self, chat_id: str) -> str | None:
+        with redis_errors_as_unavailable():
+            value = await self._redis.get(self._keys.lease(chat_id))
+        return value.decode() if isinstance(value, bytes) else value
+
+    async def lapsed(self, limit: int) -> list[str]:
+        with redis_errors_as_unavailable():
+            found = await self._redis.zrangebyscore(
+                self._keys.leases, "-inf", time.time() * 1000, start=0, num=limit
+            )
+            chats = [c.decode() if isinstance(c, bytes) else str(c) for c in found]
+            if not chats:
+                return []
+            # The sorted set is a hint: a lease that is held (renewed late, or taken by a new
+            # turn since) is not lapsed.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for chat_id in chats:
+                    pipe.exists(self._keys.lease(chat_id))
+                held = await pipe.execute()
+        return [chat for chat, exists in zip(chats, held, strict=True) if not exists]
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def _deadline(ttl: float) -> float:
+    return time.time() * 1000 + ttl * 1000

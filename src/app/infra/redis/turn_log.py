@@ -1,0 +1,340 @@
+"""The Redis :class:`~app.domain.ports.TurnLog`: a stream per turn, its frames published on the
+chat's channel right after they are logged (as Centrifugo's Redis broker does), and the chat's
+latest turn record.
+
+- ``{prefix}{chat:<id>}:log:<turn>``: a stream; each entry a batch of consecutive frames, with
+  fields ``s`` (the first frame's position) and ``f`` (the frames, joined by newlines, which
+  JSON frames never contain raw). The entry id is ``0-<last position + 1>``, so a batch written
+  twice (a retry after a lost reply) is refused as a duplicate, and readers drop any overlap.
+- ``{prefix}{chat:<id>}:turn``: the latest turn's record (JSON).
+- channel ``{prefix}{chat:<id>}`` (sharded on a cluster): ``F<origin>|<turn>|<first>\\n<frames>``.
+
+Nothing waits for Redis on the way: appends are queued and written together every
+:data:`FLUSH_DELAY` (one pipeline: records, then per turn one XADD, one PEXPIRE and one
+PUBLISH). While Redis is away the queue is kept and written when it is back; frames of the
+turns still running here are kept until they ended and are written, so that a log Redis lost
+in a restart is written again whole. Both are bounded (:data:`MAX_RETAINED_BYTES`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+import msgspec
+from redis import exceptions as redis_errors
+
+from app.domain.chats import TurnRecord, TurnState
+from app.domain.errors import StoreUnavailable
+from app.domain.turn_log import LogSlice
+from app.infra.redis.client import AnyRedis
+from app.infra.redis.errors import UNAVAILABLE, redis_errors_as_unavailable
+from app.infra.redis.keys import RedisKeys
+
+logger = logging.getLogger(__name__)
+
+FLUSH_DELAY = 0.002
+#: Frames queued past this are written at once rather than after the delay.
+FLUSH_NOW_FRAMES = 256
+RETRY_DELAY_MAX = 2.0
+MAX_RETAINED_BYTES = 64 << 20
+FRAME = b"F"
+STOP = b"S"
+_DUPLICATE = "equal or smaller"
+
+_encode_record = msgspec.json.Encoder().encode
+_decode_record = msgspec.json.Decoder(TurnRecord).decode
+
+
+@dataclass
+class _Retained:
+    """One turn's frames as this process logged them (positions from 0)."""
+
+    frames: list[bytes] = field(default_factory=list)
+    #: How many of them Redis is known to hold.
+    written: int = 0
+    record: TurnRecord | None = None
+    ended: bool = False
+    size: int = 0
+
+
+class RedisTurnLog:
+    def __init__(
+        self,
+        redis: AnyRedis,
+        keys: RedisKeys,
+        *,
+        origin: bytes,
+        ttl: float,
+        live_ttl: float,
+        cluster: bool = False,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._origin = origin
+        self._ttl_ms = int(ttl * 1000)
+        self._live_ttl_ms = int(live_ttl * 1000)
+        self._publish = "SPUBLISH" if cluster else "PUBLISH"
+        self._turns: dict[tuple[str, str], _Retained] = {}
+        # What to write, in order: a record (with its TTL), or a turn whose frames to write.
+        self._queue: deque[TurnRecord | tuple[str, str]] = deque()
+        self._queued_turns: set[tuple[str, str]] = set()
+        self._retained = 0
+        self._flusher: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._lost_contact = False
+
+    # -- writing (never waits) ---------------------------------------------------------------
+
+    def start(self, record: TurnRecord) -> None:
+        self._turns.setdefault((record.chat_id, record.turn_id), _Retained()).record = record
+        self._queue.append(record)
+        self._kick()
+
+    def append(self, chat_id: str, turn_id: str, seq: int, frame: bytes) -> None:
+        key = (chat_id, turn_id)
+        retained = self._turns.get(key)
+        if retained is None:
+            # A frame of a turn logged elsewhere (a finaliser's end): continue its log.
+            retained = self._turns[key] = _Retained(frames=[], written=seq)
+            retained.frames = [b""] * seq  # placeholders: those positions are in Redis already
+        if seq != len(retained.frames):
+            return  # a position already logged
+        retained.frames.append(frame)
+        retained.size += len(frame)
+        self._retained += len(frame)
+        if key not in self._queued_turns:
+            self._queued_turns.add(key)
+            self._queue.append(key)
+        self._kick()
+
+    def end(self, record: TurnRecord) -> None:
+        retained = self._turns.get((record.chat_id, record.turn_id))
+        if retained is not None:
+            retained.record, retained.ended = record, True
+        self._queue.append(record)
+        self._kick()
+
+    async def flush(self) -> None:
+        if not self._queue and self._flusher is None:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._kick(now=True)
+        await waiter
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def read(self, chat_id: str, turn_id: str, after_seq: int) -> LogSlice | None:
+        key = self._keys.log(chat_id, turn_id)
+        start = f"(0-{after_seq + 1}" if after_seq >= 0 else "-"
+        with redis_errors_as_unavailable():
+            entries = await self._redis.xrange(key, min=start, max="+")
+            if not entries:
+                last = await self._redis.xrevrange(key, max="+", min="-", count=1)
+                if not last:
+                    return None
+                return LogSlice(first_seq=_entry_end(last[0][0]), frames=[])  # type: ignore[arg-type]
+        frames: list[bytes] = []
+        first: int | None = None
+        for _, fields in entries:
+            assert fields is not None
+            batch_start = int(fields[b"s"])
+            payload = fields[b"f"]
+            assert isinstance(payload, bytes)
+            for offset, frame in enumerate(payload.split(b"\n")):
+                seq = batch_start + offset
+                if seq <= after_seq:
+                    continue
+                if first is None:
+                    first = seq
+                expected = first + len(frames)
+                if seq < expected:
+                    continue  # the overlap of a batch written again
+                if seq > expected:
+                    return LogSlice(first_seq=first, frames=frames)  # a hole: stop before it
+                frames.append(frame)
+        return LogSlice(first_seq=first if first is not None else after_seq + 1, frames=frames)
+
+    async def current(self, chat_id: str) -> TurnRecord | None:
+        with redis_errors_as_unavailable():
+            raw = await self._redis.get(self._keys.record(chat_id))
+        return None if raw is None else _decode_record(raw)
+
+    # -- the writer --------------------------------------------------------------------------
+
+    def _kick(self, now: bool = False) -> None:
+        if self._flusher is not None:
+            return
+        if now or len(self._queue) >= FLUSH_NOW_FRAMES:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_all())
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._kick_now)
+
+    def _kick_now(self) -> None:
+        self._timer = None
+        self._kick(now=True)
+
+    async def _flush_all(self) -> None:
+        delay = 0.1
+        try:
+            while self._queue:
+                try:
+                    if self._lost_contact:
+                        await self._rewrite_lost_logs()
+                    await self._write(self._take_batch())
+                    if self._lost_contact:
+                        logger.info("turn log: Redis is back, what waited is written")
+                    self._lost_contact = False
+                    delay = 0.1
+                except Exception as exc:  # unreachable, or refusing: keep the frames, retry
+                    if not self._lost_contact:
+                        logger.error("turn log: writing failed (%r); keeping frames", exc)
+                    self._lost_contact = True
+                    self._reject_waiters(exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_DELAY_MAX)
+            self._resolve_waiters()
+        finally:
+            self._flusher = None
+            if self._queue:
+                self._kick()
+
+    def _take_batch(self) -> list[TurnRecord | tuple[str, str, int, int]]:
+        """What the queue asks to write now; frames as (chat, turn, from, to) ranges."""
+        ops: list[TurnRecord | tuple[str, str, int, int]] = []
+        while self._queue:
+            item = self._queue.popleft()
+            if isinstance(item, TurnRecord):
+                ops.append(item)
+                continue
+            self._queued_turns.discard(item)
+            retained = self._turns.get(item)
+            if retained is not None and retained.written < len(retained.frames):
+                ops.append((item[0], item[1], retained.written, len(retained.frames)))
+        return ops
+
+    async def _write(self, ops: list[TurnRecord | tuple[str, str, int, int]]) -> None:
+        keys = self._keys
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for op in ops:
+                    if isinstance(op, TurnRecord):
+                        ttl = self._ttl_ms if op.state is TurnState.ENDED else self._live_ttl_ms
+                        pipe.set(keys.record(op.chat_id), _encode_record(op), px=ttl)
+                        if op.state is TurnState.ENDED:
+                            pipe.pexpire(keys.log(op.chat_id, op.turn_id), self._ttl_ms)
+                        continue
+                    chat_id, turn_id, start, stop = op
+                    frames = self._turns[(chat_id, turn_id)].frames[start:stop]
+                    payload = b"\n".join(frames)
+                    log_key = keys.log(chat_id, turn_id)
+                    pipe.xadd(log_key, {b"s": str(start), b"f": payload}, id=f"0-{stop}")
+                    pipe.pexpire(log_key, self._live_ttl_ms)
+                    header = b"%s%s|%s|%d\n" % (FRAME, self._origin, turn_id.encode(), start)
+                    pipe.execute_command(self._publish, keys.channel(chat_id), header + payload)
+                results = await pipe.execute(raise_on_error=False)
+        except BaseException:
+            self._requeue(ops)
+            raise
+        for result in results:
+            if isinstance(result, UNAVAILABLE):
+                self._requeue(ops)
+                raise result
+            if isinstance(result, redis_errors.ResponseError) and _DUPLICATE not in str(result):
+                logger.error("turn log: Redis refused a write: %s", result)
+        for op in ops:
+            if isinstance(op, TurnRecord):
+                self._forget_if_done((op.chat_id, op.turn_id))
+            else:
+                chat_id, turn_id, _, stop = op
+                retained = self._turns.get((chat_id, turn_id))
+                if retained is not None:
+                    retained.written = max(retained.written, stop)
+                    self._forget_if_done((chat_id, turn_id))
+
+    def _requeue(self, ops: list[TurnRecord | tuple[str, str, int, int]]) -> None:
+        """Put what failed back in front of the queue, in its order."""
+        for op in reversed(ops):
+            if isinstance(op, TurnRecord):
+                self._queue.appendleft(op)
+            else:
+                key = (op[0], op[1])
+                if key not in self._queued_turns:
+                    self._queued_turns.add(key)
+                    self._queue.appendleft(key)
+        self._bound_retention()
+
+    async def _rewrite_lost_logs(self) -> None:
+        """After an outage: a turn log Redis no longer has (it restarted) is written again from
+        what this process kept, with its record."""
+        written = [(key, r) for key, r in self._turns.items() if r.written > 0 and r.frames[0]]
+        if not written:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for (chat_id, turn_id), _ in written:
+                pipe.exists(self._keys.log(chat_id, turn_id))
+            present = await pipe.execute()
+        for ((chat_id, turn_id), retained), exists in zip(written, present, strict=True):
+            if exists:
+                continue
+            logger.warning("turn log of %s lost by Redis: writing it again", turn_id)
+            retained.written = 0
+            if retained.record is not None:
+                self._queue.appendleft(retained.record)
+            if (chat_id, turn_id) not in self._queued_turns:
+                self._queued_turns.add((chat_id, turn_id))
+                self._queue.append((chat_id, turn_id))
+
+    def _forget_if_done(self, key: tuple[str, str]) -> None:
+        retained = self._turns.get(key)
+        if retained is not None and retained.ended and retained.written >= len(retained.frames):
+            if key not in self._queued_turns:
+                self._retained -= retained.size
+                del self._turns[key]
+
+    def _bound_retention(self) -> None:
+        """Past the bound, the oldest ended turns' frames are dropped (their logs stay short:
+        readers get ``resume_unavailable`` for what is missing)."""
+        if self._retained <= MAX_RETAINED_BYTES:
+            return
+        for key, retained in list(self._turns.items()):
+            if self._retained <= MAX_RETAINED_BYTES:
+                break
+            if retained.ended:
+                logger.error("turn log: dropping unwritten frames of turn %s", key[1])
+                self._retained -= retained.size
+                del self._turns[key]
+                self._queued_turns.discard(key)
+
+    def _resolve_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _reject_waiters(self, exc: BaseException) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(StoreUnavailable(f"redis unavailable: {type(exc).__name__}"))
+
+    async def aclose(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+
+def _entry_end(entry_id: bytes | str) -> int:
+    """The position after the last frame of the entry ``0-<last + 1>``."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[1])
