@@ -10,7 +10,9 @@ import argparse
 
 import uvicorn
 
+from app.api import http_limits
 from app.api.logs import logging_config
+from app.cli.serve import _WS_PROTOCOLS
 from app.infra.settings import load_settings
 
 
@@ -25,7 +27,11 @@ def main() -> None:
         host="127.0.0.1",
         port=args.port,
         workers=1,
-        ws=args.ws,
+        # The same HTTP parser and limits as ``app run`` (h11, bounded; the WebSocket protocol
+        # that answers refused handshakes): they cost per connect and per socket.
+        http="h11",
+        h11_max_incomplete_event_size=http_limits.MAX_REQUEST_HEAD,
+        ws=_WS_PROTOCOLS.get(args.ws, args.ws),
         ws_max_size=settings.max_message_size,
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,

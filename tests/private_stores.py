@@ -315,6 +315,7 @@ class PrivatePostgres:
 
     def create(self) -> None:
         drop_stale_pg_clusters(self.version)
+        self.created = True  # from here on, drop() cleans up whatever part of it exists
         _run(
             "pg_createcluster",
             self.version,
@@ -333,7 +334,6 @@ class PrivatePostgres:
             "--",
             "--auth=trust",
         )
-        self.created = True
         # pg_createcluster's -o cannot quote a value with dots; conf.d is included last.
         conf = Path(f"/etc/postgresql/{self.version}/{self.name}/conf.d/flowgate-tests.conf")
         conf.write_text("listen_addresses = '127.0.0.1'\n")

@@ -211,50 +211,90 @@ def _print_logs(servers: list[FaultServer]) -> None:
         print(server.log()[-6000:])
 
 
-@pytest.fixture
-def deployment_factory(
-    private_postgres: PrivatePostgres,
-    private_redis: PrivateRedis,
-    tmp_path: Path,
-) -> Iterator[Callable[..., Deployment]]:
-    """``make(**settings)``: a started pair; settings are ``FLOWGATE_*`` names, lower case."""
-    started: list[FaultServer] = []
+class Deployments:
+    """Starts pairs on the private stores; ``close()`` stops every server it started (SIGTERM,
+    then SIGKILL), prints its log and removes its directory."""
 
-    def make(**settings: str) -> Deployment:
-        private_redis.start()
-        private_postgres.ensure_running()
-        prefix = f"flowgate-fault:{uuid.uuid4().hex[:8]}:"
+    def __init__(self, postgres: PrivatePostgres, redis: PrivateRedis, root: Path) -> None:
+        self.postgres, self.redis, self.root = postgres, redis, root
+        self.started: list[FaultServer] = []
+
+    def make(self, **settings: str) -> Deployment:
+        self.redis.start()
+        self.postgres.ensure_running()
         config = {
-            "database_url": private_postgres.url,
-            "redis_url": private_redis.url,
-            "redis_prefix": prefix,
+            "database_url": self.postgres.url,
+            "redis_url": self.redis.url,
+            "redis_prefix": f"flowgate-fault:{uuid.uuid4().hex[:8]}:",
             "turn_lease": str(TURN_LEASE),
             "shutdown_grace": str(SHUTDOWN_GRACE),
             "store_retry": str(STORE_RETRY),
             "max_connections_per_user": "50",
             **settings,
         }
-        index = len(started) // 2
-        a = FaultServer.make(_mkdir(tmp_path / f"a{index}"), "A", **config)
-        b = FaultServer.make(_mkdir(tmp_path / f"b{index}"), "B", **config)
-        started.extend([a, b])
+        index = len(self.started) // 2
+        a = FaultServer.make(_mkdir(self.root / f"a{index}"), "A", **config)
+        b = FaultServer.make(_mkdir(self.root / f"b{index}"), "B", **config)
+        self.started.extend([a, b])
         launch_all(a, b)
-        return Deployment(a=a, b=b, redis=private_redis, postgres=private_postgres)
+        return Deployment(a=a, b=b, redis=self.redis, postgres=self.postgres)
 
-    try:
-        yield make
-    finally:
-        for server in started:
+    def heal(self, deployment: Deployment) -> None:
+        """Before reusing a deployment: stores up, dead servers started again."""
+        self.redis.start()
+        self.postgres.ensure_running()
+        launch_all(*(s for s in (deployment.a, deployment.b) if not s.alive))
+
+    def close(self) -> None:
+        for server in self.started:
             server.stop()
-        _print_logs(started)  # pytest shows them when the test failed
-        for server in started:
+        _print_logs(self.started)  # pytest shows them when the test failed
+        for server in self.started:
             shutil.rmtree(server.workdir, ignore_errors=True)
-        # A test that failed with a store down leaves it down; the next one starts it.
+        # A test that failed with a store down leaves it down; the next ``make`` starts it.
+
+
+@pytest.fixture
+def deployment_factory(
+    private_postgres: PrivatePostgres,
+    private_redis: PrivateRedis,
+    tmp_path: Path,
+) -> Iterator[Callable[..., Deployment]]:
+    """``make(**settings)``: a started pair of this test's own; settings are ``FLOWGATE_*``
+    names in lower case (``store_retry="1"``)."""
+    deployments = Deployments(private_postgres, private_redis, tmp_path)
+    try:
+        yield deployments.make
+    finally:
+        deployments.close()
 
 
 @pytest.fixture
 def deployment(deployment_factory: Callable[..., Deployment]) -> Deployment:
+    """A fresh pair per test: a fault in one test cannot leak into the next."""
     return deployment_factory()
+
+
+@pytest.fixture(scope="module")
+def _module_deployments(
+    private_postgres: PrivatePostgres,
+    private_redis: PrivateRedis,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Deployments, Deployment]]:
+    deployments = Deployments(private_postgres, private_redis, tmp_path_factory.mktemp("pair"))
+    try:
+        yield deployments, deployments.make()
+    finally:
+        deployments.close()
+
+
+@pytest.fixture
+def shared_deployment(_module_deployments: tuple[Deployments, Deployment]) -> Deployment:
+    """One pair for the tests of a module that break no store and no process (each test uses
+    chats of its own): two server starts saved per test."""
+    deployments, deployment = _module_deployments
+    deployments.heal(deployment)
+    return deployment
 
 
 def _mkdir(path: Path) -> Path:
@@ -319,7 +359,9 @@ class Recorder:
         self, predicate: Callable[[Recorder], bool], timeout: float, what: str
     ) -> None:
         if not await self.wait(predicate, timeout):
-            raise AssertionError(f"{self.name}: no {what} within {timeout:.1f} s; {self.summary()}")
+            raise AssertionError(
+                f"{self.name}: waited {timeout:.1f} s for {what}; got {self.summary()}"
+            )
 
     async def finished(self, timeout: float) -> bool:
         """Wait for the turn's ``close`` frame (or the socket to end); whether it came."""

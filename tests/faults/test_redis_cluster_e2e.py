@@ -43,8 +43,8 @@ async def test_two_processes_on_a_redis_cluster_share_a_chat(
         a, b = await record(here, "A (asker)"), await record(there, "B (watcher)")
         await send(here, {"inputs": {"input": question}})
         await all_finished(a, b, timeout=10)
-    end = assert_turn(b, statuses={"complete"}, reply=reply)
-    assert assert_turn(a, statuses={"complete"}, reply=reply) == end
+    end = assert_turn(a, statuses={"complete"}, reply=reply)
+    assert assert_turn(b, statuses={"complete"}, reply=reply) == end
     assert a.chat == b.chat
     answer = assert_answered_once(await d.rows(chat), question, status="complete", message=reply)
     assert end["message_id"] == answer["id"]

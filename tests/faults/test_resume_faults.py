@@ -24,8 +24,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 
 @pytest.mark.parametrize("where", ["other process", "same process"])
-async def test_resume_mid_turn_is_exact(deployment: Deployment, where: str) -> None:
-    d = deployment
+async def test_resume_mid_turn_is_exact(shared_deployment: Deployment, where: str) -> None:
+    d = shared_deployment
     reply = words(40)
     flow = d.create_flow(scripted_graph(reply, delay=0.05))  # 2 s a turn
     token, chat = d.token(), new_chat()
@@ -85,10 +85,10 @@ async def test_resume_mid_turn_is_exact(deployment: Deployment, where: str) -> N
 
 
 async def test_resume_of_a_turn_the_log_does_not_hold_says_resume_unavailable(
-    deployment: Deployment,
+    shared_deployment: Deployment,
 ) -> None:
-    d = deployment
-    flow = d.create_flow(scripted_graph(words(3)))
+    d = shared_deployment
+    flow = d.create_flow(scripted_graph(words(40), delay=0.05))  # the flow of the test above
     token, chat = d.token(), new_chat()
     url = d.b.chat_url(flow, token, chat)
     async with opened(url) as socket:

@@ -32,18 +32,14 @@ class InProcessChannels:
 
     async def join(self, chat_id: str) -> None:
         self._store.check()
-        self._store.subscribers.setdefault(chat_id, set()).add(self)
+        self._store.subscribe(chat_id, self)
 
     async def leave(self, chat_id: str) -> None:
-        subscribers = self._store.subscribers.get(chat_id)
-        if subscribers is not None:
-            subscribers.discard(self)
-            if not subscribers:
-                del self._store.subscribers[chat_id]
+        self._store.unsubscribe(chat_id, self)
 
     async def request_stop(self, chat_id: str) -> None:
         self._store.check()
-        for channels in list(self._store.subscribers.get(chat_id, ())):
+        for channels in self._store.subscribed(chat_id):
             if channels is not self and channels._control is not None:
                 asyncio.get_running_loop().call_soon(channels._control.on_stop, chat_id)
 

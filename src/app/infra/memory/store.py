@@ -24,10 +24,35 @@ class MemoryStore:
         self.records: dict[str, tuple[TurnRecord, float | None]] = {}
         #: user_id -> {slot: expires at}
         self.connections: dict[str, dict[str, float]] = {}
-        #: chat_id -> the channels subscribed to it (one per simulated process).
-        self.subscribers: dict[str, set[Any]] = {}
+        #: chat_id -> the channels subscribed to it (one per simulated process): the one held
+        #: as is (the embedded default has only its own), a set only while there are more.
+        self.subscribers: dict[str, Any] = {}
         #: Set by tests: every call fails as if the store could not be reached.
         self.down = False
+
+    def subscribe(self, chat_id: str, channels: Any) -> None:
+        held = self.subscribers.get(chat_id)
+        if held is None or held is channels:
+            self.subscribers[chat_id] = channels
+        elif isinstance(held, set):
+            held.add(channels)
+        else:
+            self.subscribers[chat_id] = {held, channels}
+
+    def unsubscribe(self, chat_id: str, channels: Any) -> None:
+        held = self.subscribers.get(chat_id)
+        if held is channels:
+            del self.subscribers[chat_id]
+        elif isinstance(held, set):
+            held.discard(channels)
+            if len(held) == 1:
+                self.subscribers[chat_id] = next(iter(held))
+
+    def subscribed(self, chat_id: str) -> tuple[Any, ...]:
+        held = self.subscribers.get(chat_id)
+        if held is None:
+            return ()
+        return tuple(held) if isinstance(held, set) else (held,)
 
     def check(self) -> None:
         if self.down:

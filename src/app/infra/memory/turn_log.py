@@ -28,7 +28,7 @@ class InProcessTurnLog:
         frames, _ = store.logs.setdefault((chat_id, turn_id), ([], None))
         if seq == len(frames):
             frames.append(frame)
-        for channels in list(store.subscribers.get(chat_id, ())):
+        for channels in store.subscribed(chat_id):
             if channels is not self.origin:
                 channels.deliver(chat_id, turn_id, seq, [frame])
 
