@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 
+import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
@@ -28,8 +29,11 @@ async def test_sigterm_drains_then_closes_with_1012(
             assert (await recv(ws))["type"] == "begin"
             assert server.process is not None
             server.process.send_signal(signal.SIGTERM)
-            # Draining: new connections are refused, the running turn goes on.
+            # Draining: new connections are refused, a load balancer is told to stop sending
+            # (/ready 503), the running turn goes on.
             assert await close_of(url.replace("drain-1", "drain-2")) == (1012, "service restart")
+            ready = httpx.get(f"{server.http}/ready", timeout=5)
+            assert ready.status_code == 503 and ready.json()["status"] == "draining"
             frames = []
             with pytest.raises(ConnectionClosed) as closed:
                 for _ in range(100):
