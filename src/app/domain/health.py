@@ -1,8 +1,11 @@
 """Whether the backing stores answer, known at every moment (PROTOCOL.md §3: while a store is
 away, new sockets are told ``1013 service unavailable`` rather than admitted to fail later).
 
-One loop pings every store each second (each ping bounded); admission and ``GET /ready`` read
-the result. A store that answers again is known to be back within a second.
+One loop pings every store each second (each ping bounded); admission reads the result. A
+store is taken for down after :data:`FAILURES_TO_DOWN` failed pings in a row, so that a busy
+store (a ping queued behind a burst of writes on SQLite) is not mistaken for a lost one, which
+would refuse every new socket; one that answers again is known to be back within a second.
+A refused connection fails at once, so a store that went away is known within about 2 s.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from app.domain.metrics import NO_METRICS, Metrics
 logger = logging.getLogger(__name__)
 
 INTERVAL = 1.0
-TIMEOUT = 1.0
+TIMEOUT = 5.0
+FAILURES_TO_DOWN = 2
 
 Check = Callable[[], Awaitable[object]]
 
@@ -33,6 +37,7 @@ class StoreHealth:
         self._interval = interval
         self._metrics = metrics
         self.down: set[str] = set()
+        self._failures: dict[str, int] = {}
 
     def any_down(self) -> bool:
         return bool(self.down)
@@ -42,10 +47,11 @@ class StoreHealth:
         results = await asyncio.gather(*(self._check(name) for name in names))
         answers = dict(zip(names, results, strict=True))
         for name, ok in answers.items():
+            failures = self._failures[name] = 0 if ok else self._failures.get(name, 0) + 1
             if ok and name in self.down:
                 logger.info("%s answers again", name)
                 self.down.discard(name)
-            elif not ok and name not in self.down:
+            elif failures >= FAILURES_TO_DOWN and name not in self.down:
                 logger.error("%s does not answer: new sockets are refused (1013)", name)
                 self.down.add(name)
         return answers
