@@ -1,9 +1,9 @@
 """A chat's life in this process: the one object that owns it (what bisheng's ChatManager did).
 
 A room holds the chat's connections here, the turn it runs here (if any) under the chat's
-lease, and its view of the chat's current turn wherever it runs: every frame in order, by
-position, from the turn itself or from the other processes (and the turn log for what their
-publishing missed). It answers the chat's frames (``chat``, ``stop``, ``history``, ``resume``)
+lease, and its feed of the chat's current turn wherever it runs (:mod:`.turn_feed`: every
+frame in order, by position, from the turn itself or from the other processes and the turn
+log). It answers the chat's frames (``chat``, ``stop``, ``history``, ``resume``)
 and gives each connection every frame of the chat's turns once, in order, through the
 connection's own bounded queue, so that no socket slows a turn.
 
@@ -13,12 +13,10 @@ log, nothing stored, its memory kept here.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import msgspec
 
@@ -33,7 +31,7 @@ from app.domain.chat.history import (
 from app.domain.chat.lease_keeper import LeaseKeeper
 from app.domain.chat.recovery import Recovery
 from app.domain.chat.turn import Turn, TurnServices, TurnSpec, new_turn_id
-from app.domain.chat.turn_view import TurnView
+from app.domain.chat.turn_feed import TurnFeed
 from app.domain.chats import Category, ChatMessage, MessageStatus, TurnState
 from app.domain.connection import Connection
 from app.domain.errors import StoreUnavailable
@@ -45,20 +43,10 @@ from app.domain.frames import (
 )
 from app.domain.llm import ModelMessage
 from app.domain.ports import ChatRepository, TurnControl, TurnLog
-from app.domain.turn_log import LogSlice
 
 logger = logging.getLogger(__name__)
 
 DEBUG_MEMORY = 64
-#: A gap the turn log cannot fill yet is tried again this many times, this far apart.
-GAP_RETRIES = 5
-GAP_RETRY_DELAY = 0.2
-#: How long a room keeps trying to read the turn log while its store is away.
-LOG_READ_BUDGET = 30.0
-#: After a reconnect that finds no record of the chat's turn: how long, and how often, to look
-#: again for the log the turn's process writes anew.
-RESYNC_WAIT = 10.0
-RESYNC_POLL = 0.5
 _EVERYTHING = 1 << 62
 
 LOST = frames.error(
@@ -83,11 +71,6 @@ class RoomServices:
     on_idle: Callable[[ChatRoom], None]
 
 
-# An inbox entry: frames of a turn from ``first_seq`` on; ``first_seq`` -1 (no frames) asks to
-# catch up with that turn from the log.
-_Batch = tuple[str, int, list[bytes]]
-
-
 class ChatRoom:
     """Keyed by ``chat_id``, or by the connection's id in debug, where nothing is shared.
 
@@ -98,14 +81,12 @@ class ChatRoom:
     __slots__ = (
         "_asker",
         "_connections",
-        "_inbox",
         "_services",
-        "_sync",
         "chat_id",
+        "feed",
         "key",
         "memory",
         "turn",
-        "view",
     )
 
     def __init__(self, key: str | int, chat_id: str | None, services: RoomServices) -> None:
@@ -115,15 +96,13 @@ class ChatRoom:
         self._connections: Connection | set[Connection] | None = None
         #: The turn this process runs in the chat, if any.
         self.turn: Turn | None = None
-        #: The chat's current turn, wherever it runs.
-        self.view: TurnView | None = None
+        #: The chat's current turn, wherever it runs (its frames in order).
+        self.feed = TurnFeed(chat_id, services.log, self)
         #: Debug turns persist nothing, so their memory lives here, with the connection.
         self.memory: deque[ModelMessage] | None = (
             deque(maxlen=DEBUG_MEMORY) if chat_id is None else None
         )
         self._asker: Connection | None = None
-        self._inbox: deque[_Batch] | None = None
-        self._sync: asyncio.Task[None] | None = None
 
     @property
     def debug(self) -> bool:
@@ -164,7 +143,7 @@ class ChatRoom:
 
     @property
     def idle(self) -> bool:
-        return self._connections is None and self.turn is None and self._sync is None
+        return self._connections is None and self.turn is None and not self.feed.reading
 
     # -- chat --------------------------------------------------------------------------------
 
@@ -207,7 +186,7 @@ class ChatRoom:
         )
         turn = Turn(spec, self._services.turns, self, turn_id=turn_id, holder=holder)
         self.turn, self._asker = turn, connection
-        self.view = TurnView(turn_id)
+        self.feed.begin_local(turn_id)
         turn.start()
 
     async def _claim(self, holder: str) -> bool:
@@ -252,7 +231,7 @@ class ChatRoom:
             return False
         answer = next((m for m in stored if m.category == Category.ANSWER), None)
         if answer is None:
-            view = self.view
+            view = self.feed.view
             if view is not None and view.turn_id == question.turn_id and not view.ended:
                 return True  # it runs elsewhere: its frames reach this chat's sockets
             answer = await self._finish_orphan(question)
@@ -284,7 +263,7 @@ class ChatRoom:
         chat_id = self.chat_id
         if chat_id is not None:
             try:
-                view = self.view
+                view = self.feed.view
                 if (view is not None and not view.ended) or (
                     await self._services.recovery.holder_of(chat_id) is not None
                 ):
@@ -334,14 +313,14 @@ class ChatRoom:
                         self.chat_id, request.after_id, RESUME_LIMIT + 1
                     )
                 )
-                await self._catch_up()
+                await self.feed.catch_up()
             except StoreUnavailable:
                 await connection.send(frames.error(ErrorCode.TURN_FAILED, "service unavailable"))
                 return
         streams: list[tuple[str, list[bytes], int]] = []
         if request.turn_id is not None:
             after = request.after_seq if request.after_seq is not None else -1
-            rest = await self._frames_after(request.turn_id, after)
+            rest = await self.feed.frames_after(request.turn_id, after)
             if rest is None:
                 connection.offer(
                     frames.error(
@@ -352,7 +331,7 @@ class ChatRoom:
                 )
                 return
             streams.append((request.turn_id, rest, after + len(rest)))
-        view = self.view
+        view = self.feed.view
         if view is not None and not view.ended and view.turn_id != request.turn_id:
             live = view.after(-1)
             if live is None:
@@ -375,45 +354,13 @@ class ChatRoom:
                 connection.offer(frame)
             connection.watermark = (turn_id, last_seq)
 
-    async def _frames_after(self, turn_id: str, after_seq: int) -> list[bytes] | None:
-        view = self.view
-        if view is not None and view.turn_id == turn_id:
-            rest = view.after(after_seq)
-            if rest is None or (view.ended and after_seq >= view.next_seq):
-                return None  # the client names frames the turn never logged
-            return rest
-        if self.chat_id is None:
-            return None
-        logged = await self._services.log.read(self.chat_id, turn_id, after_seq)
-        if logged is None or not logged.covers(after_seq):
-            return None
-        if after_seq >= logged.next_seq:
-            return None
-        return logged.after(after_seq)
-
-    async def _catch_up(self) -> None:
-        """Make the view the chat's current turn, as the log has it (a room that just joined
-        knows nothing of a turn running elsewhere)."""
-        view = self.view
-        if self.turn is not None or self.chat_id is None:
-            return
-        record = await self._services.log.current(self.chat_id)
-        if record is None or (view is not None and view.turn_id == record.turn_id and view.ended):
-            return
-        if record.state is TurnState.ENDED and (view is None or view.turn_id != record.turn_id):
-            return  # an ended turn is in the history
-        self._enqueue((record.turn_id, -1, []))
-        sync = self._sync
-        if sync is not None:
-            await asyncio.wait_for(asyncio.shield(sync), LOG_READ_BUDGET)
-
     # -- frames of this process's turn (TurnSink) ------------------------------------------
 
     def turn_started(self, turn: Turn) -> None:
         self._services.log.start(turn.record())
 
     def turn_frame(self, turn: Turn, seq: int, frame: bytes) -> None:
-        view = self.view
+        view = self.feed.view
         if view is not None and view.turn_id == turn.id:
             view.accept(seq, frame)
         self._broadcast(turn.id, seq, frame)
@@ -452,141 +399,28 @@ class ChatRoom:
         """Frames published by another process (or this process's finaliser)."""
         if self.turn is not None and self.turn.id == turn_id:
             return  # this process's own turn: it has every frame already
-        self._enqueue((turn_id, first_seq, batch))
+        self.feed.on_remote(turn_id, first_seq, batch)
 
     def resync(self) -> None:
         """The fan-out reconnected: what it missed is in the log."""
-        if self.chat_id is not None and self.turn is None:
-            self._in_sync(self._resync())
+        if self.turn is None:
+            self.feed.resync()
 
-    async def _resync(self) -> None:
-        """Catch up with the chat's current turn from the log. If the store lost the log (it
-        restarted), the process running the turn writes it again from what it kept, within a
-        few seconds: wait for that (or for the turn's frames to flow again) before telling the
-        sockets their turn's frames are lost."""
-        assert self.chat_id is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + RESYNC_WAIT
-        while True:
-            try:
-                record = await self._services.log.current(self.chat_id)
-            except StoreUnavailable:
-                return  # the next reconnect tries again
-            view = self.view
-            if record is not None:
-                if view is None or view.turn_id != record.turn_id or not view.ended:
-                    self._enqueue((record.turn_id, -1, []))
-                return
-            if view is None or view.ended or self.turn is not None:
-                return
-            if loop.time() >= deadline:
-                self._declare_lost(view)
-                return
-            seen = view.next_seq
-            await asyncio.sleep(RESYNC_POLL)
-            if self.view is not view or view.ended or view.next_seq != seen:
-                return  # its frames flow again: the turn's process is alive and writing
+    # -- what the feed asks of its room (FeedOwner) ------------------------------------------
 
-    def _enqueue(self, batch: _Batch) -> None:
-        if self._inbox is not None:
-            self._inbox.append(batch)
-            return
-        if self._take(batch):
-            return
-        self._inbox = deque((batch,))
-        self._sync = asyncio.get_running_loop().create_task(self._drain_inbox())
+    @property
+    def runs_turn(self) -> bool:
+        return self.turn is not None
 
-    def _take(self, batch: _Batch) -> bool:
-        """Deliver a batch that continues the view; False if the log must be read first."""
-        turn_id, first_seq, frames_ = batch
-        view = self.view
-        if view is None or view.turn_id != turn_id:
-            if view is not None and not view.ended:
-                return False  # the last turn's end is missing: from the log, first
-            if first_seq != 0:
-                return False
-            view = self.view = TurnView(turn_id)
-        elif first_seq < 0:
-            return view.ended
-        for i, frame in enumerate(frames_):
-            for seq, ready in view.accept(first_seq + i, frame):
-                self._broadcast(turn_id, seq, ready)
-        return not view.pending
+    def deliver(self, turn_id: str, seq: int, frame: bytes) -> None:
+        self._broadcast(turn_id, seq, frame)
 
-    async def _drain_inbox(self) -> None:
-        inbox = self._inbox
-        assert inbox is not None
-        try:
-            while inbox:
-                batch = inbox[0]
-                if not self._take(batch):
-                    await self._fill(batch[0])
-                    self._take(batch)
-                inbox.popleft()
-        except Exception:  # a room must go on serving its sockets whatever went wrong here
-            logger.exception("chat %s: catching up with the turn log failed", self.chat_id)
-        finally:
-            self._inbox = None
-            self._sync = None
-            self._forget_if_idle()
-
-    async def _fill(self, turn_id: str) -> None:
-        """Read from the log what the view lacks to take frames of ``turn_id``."""
-        view = self.view
-        if view is not None and view.turn_id != turn_id and not view.ended:
-            await self._fill_gap(view)  # the last turn first, to its close
-            if not view.ended:
-                self._declare_lost(view)
-        view = self.view
-        if view is None or view.turn_id != turn_id:
-            logged = await self._read(turn_id, -1)
-            view = self.view = TurnView(turn_id, base=logged.first_seq if logged else 0)
-            if logged is not None:
-                for i, frame in enumerate(logged.frames):
-                    for seq, ready in view.accept(logged.first_seq + i, frame):
-                        self._broadcast(turn_id, seq, ready)
-        if view.pending:
-            await self._fill_gap(view)
-            if view.pending:
-                self._declare_lost(view)
-
-    async def _fill_gap(self, view: TurnView) -> None:
-        for attempt in range(GAP_RETRIES):
-            after = view.next_seq - 1
-            logged = await self._read(view.turn_id, after)
-            if logged is not None and logged.covers(after):
-                for offset, frame in enumerate(logged.after(after)):
-                    for seq, ready in view.accept(after + 1 + offset, frame):
-                        self._broadcast(view.turn_id, seq, ready)
-            if view.ended or (not view.pending and logged is not None):
-                return
-            if attempt + 1 < GAP_RETRIES:
-                await asyncio.sleep(GAP_RETRY_DELAY)
-
-    async def _read(self, turn_id: str, after_seq: int) -> LogSlice | None:
-        assert self.chat_id is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + LOG_READ_BUDGET
-        delay = 0.1
-        while True:
-            try:
-                return await self._services.log.read(self.chat_id, turn_id, after_seq)
-            except StoreUnavailable:
-                if loop.time() + delay > deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    def _declare_lost(self, view: TurnView) -> None:
-        """Frames the sockets should have had cannot be had: say so, then go on after them."""
-        logger.warning("chat %s: frames of turn %s lost", self.chat_id, view.turn_id)
+    def frames_lost(self) -> None:
         for connection in self.connections:
             connection.offer(LOST)
-        if view.pending:
-            for seq, ready in view.skip_gap():
-                self._broadcast(view.turn_id, seq, ready)
-        else:
-            view.ended = True
+
+    def feed_settled(self) -> None:
+        self._forget_if_idle()
 
     def _broadcast(self, turn_id: str, seq: int, frame: bytes) -> None:
         """One frame to every connection of the chat here (two tabs see the same turn)."""
@@ -601,14 +435,6 @@ class ChatRoom:
                     connection.watermark = None
             connection.offer(frame)
 
-    def _in_sync(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-
     def _forget_if_idle(self) -> None:
         if self.idle:
             self._services.on_idle(self)
-
-
-_background: set[asyncio.Task[None]] = set()
