@@ -36,7 +36,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from tests import private_stores
-from tests.e2e.conftest import STARTUP_SECONDS, Server, make_server
+from tests.e2e.conftest import STARTUP_SECONDS, Server, make_server, wait_until_healthy
 from tests.e2e.wsclient import opened
 from tests.private_stores import PrivatePostgres, PrivateRedis
 
@@ -99,17 +99,7 @@ class FaultServer(Server):
             )
         finally:
             log.close()
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited at start: {self.log()[-4000:]}")
-            try:
-                if httpx.get(f"{self.http}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"{self.name} did not start: {self.log()[-4000:]}")
+        wait_until_healthy(self.process, self.http, self.name, self.log)
 
     @property
     def alive(self) -> bool:

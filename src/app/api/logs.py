@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import logging.config
 import time
+from abc import ABC, abstractmethod
 from typing import Any
 
 import msgspec
@@ -76,7 +77,7 @@ def _context() -> dict[str, Any]:
     return dict(cached[1])
 
 
-class _Formatter(logging.Formatter):
+class _Formatter(logging.Formatter, ABC):
     def format(self, record: logging.LogRecord) -> str:
         try:
             fixed, fields = self.fields(record)
@@ -106,8 +107,9 @@ class _Formatter(logging.Formatter):
             fields["stack"] = record.stack_info
         return self.fixed(record, str(record.msg).rstrip()), fields
 
+    @abstractmethod
     def render(self, fixed: dict[str, Any], fields: dict[str, Any]) -> str:
-        raise NotImplementedError
+        """One line of the record: its fixed fields, then the others."""
 
 
 class JsonFormatter(_Formatter):
