@@ -108,6 +108,35 @@ async def test_concurrent_claims_from_two_processes_have_one_winner(
     assert await processes[0].get_session(chat_id) == results[0]
 
 
+async def test_a_burst_of_claims_new_known_and_repeated_gets_each_its_owner(
+    open_chats: OpenChats,
+) -> None:
+    """What a reconnect storm asks at once (the SQL adapter joins it into few statements):
+    new ids, ids owned by someone else, and one new id asked by two users."""
+    first, second = open_chats(), open_chats()
+    flow_id = new_id()
+    known = [ChatSession(new_id(), flow_id, f"owner-{n}") for n in range(20)]
+    for session in known:
+        await first.claim_session(session)
+    fresh = [ChatSession(new_id(), flow_id, f"new-{n}") for n in range(60)]
+    contested_id = new_id()
+    contested = [
+        ChatSession(contested_id, flow_id, "alice"),
+        ChatSession(contested_id, flow_id, "bob"),
+    ]
+    intruders = [ChatSession(s.chat_id, flow_id, "mallory") for s in known]
+    asked = fresh + intruders + contested
+
+    async with asyncio.timeout(CALL_TIMEOUT):
+        results = await asyncio.gather(*(second.claim_session(claim) for claim in asked))
+
+    assert results[: len(fresh)] == fresh
+    assert results[len(fresh) : len(fresh) + len(known)] == known
+    assert results[-2] == results[-1] and results[-1] in contested
+    for session in [*fresh, *known, results[-1]]:
+        assert await first.get_session(session.chat_id) == session
+
+
 async def test_an_added_message_reads_back_equal(chats: ChatRepository) -> None:
     new = NewMessage(
         chat_id=new_id(),

@@ -7,8 +7,8 @@ a unit of work, commits it or lets it roll back, and closes it.
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from sqlalchemy import exc as sa_exc
@@ -39,11 +39,19 @@ async def unit_of_work(sessions: SessionMaker) -> AsyncIterator[AsyncSession]:
     A failure to reach the database, however the driver and advanced-alchemy wrapped it,
     leaves as :class:`StoreUnavailable`.
     """
-    try:
+    with database_errors_as_unavailable():
         async with sessions() as session:
             yield session
+
+
+@contextmanager
+def database_errors_as_unavailable() -> Iterator[None]:
+    """A failure to reach the database, however the driver and SQLAlchemy wrapped it, leaves
+    as :class:`StoreUnavailable`; any other error as it is."""
+    try:
+        yield
     except Exception as exc:
-        cause = _connection_failure(exc)
+        cause = connection_failure(exc)
         if cause is None:
             raise
         raise StoreUnavailable(f"database unavailable: {type(cause).__name__}") from exc
@@ -65,7 +73,7 @@ def dialect_insert(dialect: str) -> Callable[[Any], sqlite.Insert | postgresql.I
     raise ValueError(f"flowgate supports SQLite and PostgreSQL databases, not {dialect}")
 
 
-def _connection_failure(exc: BaseException) -> BaseException | None:
+def connection_failure(exc: BaseException) -> BaseException | None:
     """The error in ``exc``'s chain that says the database cannot be reached, if any."""
     seen: set[int] = set()
     current: BaseException | None = exc
