@@ -181,3 +181,28 @@ async def test_connections_are_counted_across_processes(
     await one.release(user, "s0")
     assert await two.acquire(user, "again", limit)
     assert await one.acquire(uuid.uuid4().hex, "other user", limit)
+
+
+async def test_a_burst_of_connections_is_counted_exactly(nodes: Callable[[], Node]) -> None:
+    """Concurrent acquires (joined into pipelines by the Redis adapter) admit exactly up to the
+    limit per user, across processes, and a burst of releases frees every slot."""
+    one, two = nodes().counter, nodes().counter
+    users = [uuid.uuid4().hex for _ in range(5)]
+    limit = 7
+    asked = [(user, f"s{n}") for user in users for n in range(limit + 4)]
+
+    async with asyncio.timeout(10):
+        admitted = await asyncio.gather(
+            *(
+                (one if n % 2 else two).acquire(user, slot, limit)
+                for n, (user, slot) in enumerate(asked)
+            )
+        )
+    granted = [pair for pair, ok in zip(asked, admitted, strict=True) if ok]
+    for user in users:
+        assert sum(1 for owner, _ in granted if owner == user) == limit
+
+    async with asyncio.timeout(10):
+        await asyncio.gather(*(one.release(user, slot) for user, slot in granted))
+        again = await asyncio.gather(*(two.acquire(user, "again", limit) for user in users))
+    assert again == [True] * len(users)

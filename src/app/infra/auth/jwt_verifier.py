@@ -108,6 +108,9 @@ class JWTVerifier:
         )
         self._algorithms = frozenset(settings.algorithms)
         self._keys = _static_keys(settings)
+        self._only: tuple[str, jwt.PyJWK] | None = None
+        if len(self._algorithms) == 1 and len(self._keys) == 1:
+            self._only = next(iter(self._keys.items()))
         self._owned_client: httpx.AsyncClient | None = None
         self._jwks: JWKSCache | None = None
         unbound = self._algorithms - self._keys.keys()
@@ -130,16 +133,22 @@ class JWTVerifier:
     async def verify(self, token: str) -> User:
         if len(token) > MAX_TOKEN_LENGTH:
             raise InvalidToken(f"token longer than {MAX_TOKEN_LENGTH} characters")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as error:
-            raise InvalidToken(f"malformed token: {error}") from None
-        key = await self._key(header)
+        if self._only is not None:
+            # One algorithm, one key: pyjwt checks the header's alg against it while decoding,
+            # and the header is read once instead of twice (a fifth of a verify's time).
+            alg, key = self._only
+        else:
+            try:
+                header = jwt.get_unverified_header(token)
+            except jwt.PyJWTError as error:
+                raise InvalidToken(f"malformed token: {error}") from None
+            key = await self._key(header)
+            alg = header["alg"]
         try:
             payload = self._jwt.decode(
                 token,
                 key,
-                algorithms=[header["alg"]],
+                algorithms=[alg],
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=self._leeway,
@@ -171,12 +180,16 @@ class JWTVerifier:
         return key
 
 
-def _static_keys(settings: JWTSettings) -> dict[str, Any]:
-    """Each algorithm that a secret or the PEM public key serves, with its key, parsed once."""
+def _static_keys(settings: JWTSettings) -> dict[str, jwt.PyJWK]:
+    """Each algorithm that a secret or the PEM public key serves, with its key, parsed once.
+
+    As a :class:`jwt.PyJWK`: given a plain key, pyjwt prepares it again on every decode (for
+    an HMAC secret that includes trying to load it as a DER public key), a PyJWK it uses as is.
+    """
     algorithms = get_default_algorithms()
     if not settings.algorithms:
         raise SettingsError("FLOWGATE_JWT_ALGORITHMS names no algorithm")
-    keys: dict[str, Any] = {}
+    keys: dict[str, jwt.PyJWK] = {}
     for alg in settings.algorithms:
         if alg.lower() == "none" or alg not in algorithms:
             raise SettingsError(f"FLOWGATE_JWT_ALGORITHMS: {alg!r} is not a signing algorithm")
@@ -189,7 +202,9 @@ def _static_keys(settings: JWTSettings) -> dict[str, Any]:
         else:
             continue
         try:
-            keys[alg] = algorithms[alg].prepare_key(material)
+            algorithm = algorithms[alg]
+            jwk = algorithm.to_jwk(algorithm.prepare_key(material), as_dict=True)
+            keys[alg] = jwt.PyJWK(jwk, algorithm=alg)
         except (jwt.PyJWTError, ValueError, TypeError):
             raise SettingsError(
                 f"FLOWGATE_JWT_PUBLIC_KEY is not a PEM public key that {alg} can use"

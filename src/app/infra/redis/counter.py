@@ -1,14 +1,22 @@
 """The Redis :class:`~app.domain.ports.ConnectionCounter`: a sorted set per user,
 ``{prefix}{user:<id>}:conns``, of this user's open connections (``<process>:<n>``) with the
 time each entry lapses. A process refreshes its own entries every third of :data:`SLOT_TTL`,
-so a dead process's connections stop counting within that time."""
+so a dead process's connections stop counting within that time.
+
+Acquires and releases of concurrent connections are joined into one pipeline each
+(:class:`~app.infra.batching.Batcher`): a reconnect storm costs a few round trips, not one per
+socket. The scripts are sent with ``EVAL``, which Redis answers from its script cache: redis-py's
+registered scripts in a pipeline would first ask ``SCRIPT EXISTS``, a round trip per batch.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 from app.domain.errors import StoreUnavailable
+from app.infra.batching import Batcher
 from app.infra.redis.client import AnyRedis
 from app.infra.redis.errors import redis_errors_as_unavailable
 from app.infra.redis.keys import RedisKeys
@@ -41,17 +49,14 @@ class RedisConnectionCounter:
         self._redis = redis
         self._keys = keys
         self._ttl_ms = int(slot_ttl * 1000)
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._refresh = redis.register_script(_REFRESH)
         #: This process's open slots, per user.
         self._mine: dict[str, set[str]] = {}
         self._refresher: asyncio.Task[None] | None = None
+        self._acquires: Batcher[tuple[str, str, int], bool] = Batcher(self._acquire_all)
+        self._releases: Batcher[tuple[str, str], None] = Batcher(self._release_all)
 
     async def acquire(self, user_id: str, slot: str, limit: int) -> bool:
-        with redis_errors_as_unavailable():
-            ok = await self._acquire(
-                keys=[self._keys.connections(user_id)], args=[limit, self._ttl_ms, slot]
-            )
+        ok = await self._acquires.submit((user_id, slot, limit))
         if ok:
             self._mine.setdefault(user_id, set()).add(slot)
             if self._refresher is None:
@@ -64,8 +69,24 @@ class RedisConnectionCounter:
             slots.discard(slot)
             if not slots:
                 del self._mine[user_id]
+        await self._releases.submit((user_id, slot))
+
+    async def _acquire_all(self, asked: Sequence[tuple[str, str, int]]) -> list[bool]:
         with redis_errors_as_unavailable():
-            await self._redis.zrem(self._keys.connections(user_id), slot)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user_id, slot, limit in asked:
+                    pipe.eval(
+                        _ACQUIRE, 1, self._keys.connections(user_id), limit, self._ttl_ms, slot
+                    )
+                return [bool(ok) for ok in await pipe.execute()]
+
+    async def _release_all(self, released: Sequence[tuple[str, str]]) -> list[None]:
+        with redis_errors_as_unavailable():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user_id, slot in released:
+                    pipe.zrem(self._keys.connections(user_id), slot)
+                await pipe.execute()
+        return [None] * len(released)
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -73,18 +94,18 @@ class RedisConnectionCounter:
             mine = {user: list(slots) for user, slots in self._mine.items() if slots}
             try:
                 with redis_errors_as_unavailable():
-                    await asyncio.gather(
-                        *(
-                            self._refresh(
-                                keys=[self._keys.connections(user)], args=[self._ttl_ms, *slots]
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for user, slots in mine.items():
+                            pipe.eval(
+                                _REFRESH, 1, self._keys.connections(user), self._ttl_ms, *slots
                             )
-                            for user, slots in mine.items()
-                        )
-                    )
+                        await pipe.execute()
             except StoreUnavailable as exc:
                 logger.warning("connection counts not refreshed: %s", exc)
 
     async def aclose(self) -> None:
+        await self._acquires.aclose()
+        await self._releases.aclose()
         if self._refresher is not None:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
