@@ -3,12 +3,16 @@
 Staleness is bounded by ``ttl`` (``FLOWGATE_FLOW_CACHE_TTL``, default 2 s): a flow published,
 unpublished or deleted from another process (the CLI, another worker) is seen within that time;
 changes made through this process's catalog are seen at once (``invalidate``).
+
+Concurrent misses of one flow share one query: when the entry lapses under a burst of
+connects (a fresh process in a reconnect storm), one query runs, not one per socket.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, TypeVar
 
 from app.domain.flows import Flow, FlowStatus, FlowVersion, Graph
@@ -16,6 +20,7 @@ from app.domain.ports import FlowRepository
 
 _MAX_ENTRIES = 10_000
 _Cache = TypeVar("_Cache", bound=dict[Any, Any])
+_Value = TypeVar("_Value")
 
 
 class CachedFlowRepository:
@@ -24,30 +29,61 @@ class CachedFlowRepository:
         self._ttl = ttl
         self._flows: dict[str, tuple[float, Flow | None]] = {}
         self._versions: dict[int, tuple[float, FlowVersion | None]] = {}
+        #: Queries under way, by key: later misses of the same key wait for the same one.
+        self._loading: dict[Hashable, asyncio.Future[Any]] = {}
 
     async def get(self, flow_id: str) -> Flow | None:
-        now = time.monotonic()
         hit = self._flows.get(flow_id)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        flow = await self._inner.get(flow_id)
-        if self._ttl > 0:
-            _bounded(self._flows)[flow_id] = (now + self._ttl, flow)
-        return flow
+        return await self._load(("flow", flow_id), self._flows, flow_id, self._inner.get)
 
     async def get_version(self, version_id: int) -> FlowVersion | None:
         # Versions never change once saved; only deletion (with their flow) ends them.
-        now = time.monotonic()
         hit = self._versions.get(version_id)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        version = await self._inner.get_version(version_id)
-        if self._ttl > 0:
-            _bounded(self._versions)[version_id] = (now + self._ttl, version)
-        return version
+        return await self._load(
+            ("version", version_id), self._versions, version_id, self._inner.get_version
+        )
+
+    async def _load(
+        self,
+        key: Hashable,
+        cache: dict[Any, tuple[float, _Value]],
+        id_: Any,
+        query: Callable[[Any], Awaitable[_Value]],
+    ) -> _Value:
+        loading = self._loading.get(key)
+        if loading is None:
+            # A task of its own, so that no caller's cancellation cancels the others' query.
+            loading = self._loading[key] = asyncio.ensure_future(
+                self._query(key, cache, id_, query)
+            )
+        return await asyncio.shield(loading)  # type: ignore[no-any-return]
+
+    async def _query(
+        self,
+        key: Hashable,
+        cache: dict[Any, tuple[float, _Value]],
+        id_: Any,
+        query: Callable[[Any], Awaitable[_Value]],
+    ) -> _Value:
+        me = asyncio.current_task()
+        now = time.monotonic()
+        try:
+            value = await query(id_)
+        finally:
+            invalidated = self._loading.get(key) is not me
+            if not invalidated:
+                del self._loading[key]
+        if not invalidated and self._ttl > 0:
+            _bounded(cache)[id_] = (now + self._ttl, value)
+        return value
 
     def invalidate(self, flow_id: str) -> None:
         self._flows.pop(flow_id, None)
+        self._loading.clear()  # a query under way may have read what changed
         self._versions = {
             key: hit
             for key, hit in self._versions.items()
