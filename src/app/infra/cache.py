@@ -60,7 +60,7 @@ class CachedFlowRepository:
             loading = self._loading[key] = asyncio.ensure_future(
                 self._query(key, cache, id_, query)
             )
-        return await asyncio.shield(loading)  # type: ignore[no-any-return]
+        return await asyncio.shield(loading)
 
     async def _query(
         self,
