@@ -168,6 +168,33 @@ async def test_a_left_chat_is_not_heard(nodes: Callable[[], Node]) -> None:
     assert heard.frames == []
 
 
+async def test_chats_joined_and_left_at_once_are_heard_exactly(
+    nodes: Callable[[], Node],
+) -> None:
+    """A burst of joins and leaves (the Redis adapter joins them into few commands, in order):
+    every joined chat is heard, every left one is not, and a chat left and joined again in the
+    same burst is heard."""
+    producer, watcher = nodes(), nodes()
+    heard = Heard()
+    watcher.channels.attach(heard)
+    joined = [uuid.uuid4().hex for _ in range(40)]
+    left = [uuid.uuid4().hex for _ in range(10)]
+    back = uuid.uuid4().hex
+    await asyncio.gather(*(watcher.channels.join(chat) for chat in [*joined, *left, back]))
+    await asyncio.gather(
+        *(watcher.channels.leave(chat) for chat in [*left, back]), watcher.channels.join(back)
+    )
+    await asyncio.sleep(0.05)  # subscriptions take effect
+    for chat in [*joined, *left, back]:
+        producer.log.start(record(chat, "t"))
+        producer.log.append(chat, "t", 0, frame(0))
+    expected = {*joined, back}
+    await heard.until(lambda: {chat for chat, *_ in heard.frames} >= expected)
+    await producer.log.flush()
+    await asyncio.sleep(0.1)
+    assert sorted(chat for chat, *_ in heard.frames) == sorted(expected)
+
+
 @pytest.mark.parametrize("limit", [1, 3])
 async def test_connections_are_counted_across_processes(
     nodes: Callable[[], Node], limit: int

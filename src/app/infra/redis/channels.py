@@ -18,15 +18,17 @@ each node that owns one of its channels and waits on each (no polling, no timeou
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 
 from app.domain.ports import ControlListener, FanOutListener
+from app.infra.batching import Batcher
 from app.infra.redis.client import AnyRedis
 from app.infra.redis.errors import UNAVAILABLE, redis_errors_as_unavailable
 from app.infra.redis.keys import RedisKeys
@@ -143,30 +145,40 @@ class _Subscriber:
         self.channels: set[str] = set()
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
+        # (subscribe?, channel), in the order asked: the chats that open and close at once
+        # (a reconnect storm) change in one command each way. One batch at a time, so that a
+        # chat left and joined again is never subscribed before it is unsubscribed.
+        self._changes: Batcher[tuple[bool, str], None] = Batcher(self._apply, max_in_flight=1)
 
     async def subscribe(self, channel: str) -> None:
         self.channels.add(channel)
-        pubsub = self._pubsub or await self._connect()
-        if self._sharded:
-            await pubsub.ssubscribe(channel)
-        else:
-            await pubsub.subscribe(channel)
+        await self._changes.submit((True, channel))
         if self._reader is None or self._reader.done():
             self._reader = asyncio.get_running_loop().create_task(self._read())
 
     async def unsubscribe(self, channel: str) -> None:
         self.channels.discard(channel)
         if self._pubsub is not None:
-            if self._sharded:
-                await self._pubsub.sunsubscribe(channel)
-            else:
-                await self._pubsub.unsubscribe(channel)
+            await self._changes.submit((False, channel))
+
+    async def _apply(self, changes: Sequence[tuple[bool, str]]) -> list[None]:
+        pubsub = self._pubsub or await self._connect()
+        if self._sharded:  # one command names channels of one hash slot only: each its own
+            for subscribe, channel in changes:
+                await (pubsub.ssubscribe if subscribe else pubsub.sunsubscribe)(channel)
+            return [None] * len(changes)
+        for subscribe, group in itertools.groupby(changes, key=lambda change: change[0]):
+            channels = [channel for _, channel in group]
+            await (pubsub.subscribe if subscribe else pubsub.unsubscribe)(*channels)
+        return [None] * len(changes)
 
     async def _connect(self) -> PubSub:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         if self.channels:
             if self._sharded:
-                await pubsub.ssubscribe(*self.channels)
+                # One SSUBSCRIBE names channels of one hash slot only (chats hash apart).
+                for channel in list(self.channels):
+                    await pubsub.ssubscribe(channel)
             else:
                 await pubsub.subscribe(*self.channels)
         self._pubsub = pubsub
@@ -216,6 +228,7 @@ class _Subscriber:
                 pass
 
     async def aclose(self) -> None:
+        await self._changes.aclose()
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
