@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import httpx
 import jwt
 import msgspec
-from jwt.algorithms import get_default_algorithms
+from jwt.algorithms import HMACAlgorithm, get_default_algorithms
 
 from app.domain.errors import InvalidToken
 from app.domain.frames import MAX_TOKEN_LENGTH
@@ -76,11 +76,15 @@ def _strict_json(text: str | bytes) -> Any:
     identity that two parsers may read differently is refused, never resolved.
     """
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        return _STRICT_DECODER.decode(text if isinstance(text, str) else text.decode())
     except _DuplicateKey:
         raise InvalidToken("a claim object repeats a key") from None
-    except (ValueError, RecursionError) as error:  # not JSON, or nested absurdly deep
+    except (ValueError, RecursionError) as error:  # not JSON (or UTF-8), or nested too deep
         raise InvalidToken(f"claims are not JSON ({type(error).__name__})") from None
+
+
+# Made once: ``json.loads`` with a hook builds a decoder on every call.
+_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
 
 
 class JWTVerifier:
@@ -203,13 +207,33 @@ def _static_keys(settings: JWTSettings) -> dict[str, jwt.PyJWK]:
             continue
         try:
             algorithm = algorithms[alg]
-            jwk = algorithm.to_jwk(algorithm.prepare_key(material), as_dict=True)
-            keys[alg] = jwt.PyJWK(jwk, algorithm=alg)
+            prepared = algorithm.prepare_key(material)
+            key = keys[alg] = jwt.PyJWK(algorithm.to_jwk(prepared, as_dict=True), algorithm=alg)
         except (jwt.PyJWTError, ValueError, TypeError):
             raise SettingsError(
                 f"FLOWGATE_JWT_PUBLIC_KEY is not a PEM public key that {alg} can use"
             ) from None
+        if isinstance(algorithm, HMACAlgorithm):
+            key.Algorithm = _CheckedSecret(algorithm.hash_alg, key.key)
     return keys
+
+
+class _CheckedSecret(HMACAlgorithm):
+    """An HMAC algorithm whose one secret was checked when the verifier was made.
+
+    pyjwt (2.15) prepares a PyJWK's key again on every decode, and for an HMAC secret that
+    means trying to parse it as a DER public key and as an X.509 certificate: a sixth of a
+    connect's token check. The secret cannot change, so it is checked once.
+    """
+
+    def __init__(self, hash_alg: Any, secret: bytes) -> None:
+        super().__init__(hash_alg)
+        self._secret = secret
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        if key is self._secret:
+            return key
+        return super().prepare_key(key)
 
 
 def _payload_segment(token: str) -> bytes:
