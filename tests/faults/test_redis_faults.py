@@ -51,6 +51,9 @@ async def test_redis_restart_mid_turn_loses_and_doubles_nothing(deployment: Depl
     assert len(rows) == 2, rows
     assert end_b["message_id"] == end_a["message_id"] == answer["id"]
     assert begin["message_id"] == rows[0]["id"]
+    # Until its health check sees Redis again, a process refuses new sockets 1013 (try again
+    # later), as it should: a client retries, and so does this one.
+    assert await eventually(lambda: _ready(d.b), 10), "B not ready again after the restart"
     history = await history_of(d.b.chat_url(flow, token, chat))
     assert [(m["message"], m["status"]) for m in history] == [
         (reply, "complete"),
