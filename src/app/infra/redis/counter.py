@@ -3,7 +3,7 @@
 time each entry lapses. A process refreshes its own entries every third of :data:`SLOT_TTL`,
 so a dead process's connections stop counting within that time.
 
-Acquires and releases of concurrent connections are joined into one pipeline each
+Acquires and releases of concurrent connections are joined into one pipeline
 (:class:`~app.infra.batching.Batcher`): a reconnect storm costs a few round trips, not one per
 socket. The scripts are sent with ``EVAL``, which Redis answers from its script cache: redis-py's
 registered scripts in a pipeline would first ask ``SCRIPT EXISTS``, a round trip per batch.
@@ -52,11 +52,12 @@ class RedisConnectionCounter:
         #: This process's open slots, per user.
         self._mine: dict[str, set[str]] = {}
         self._refresher: asyncio.Task[None] | None = None
-        self._acquires: Batcher[tuple[str, str, int], bool] = Batcher(self._acquire_all)
-        self._releases: Batcher[tuple[str, str], None] = Batcher(self._release_all)
+        # (user, slot, limit) to acquire, (user, slot, None) to release: the sockets that
+        # open and those that close meanwhile share one pipeline.
+        self._changes: Batcher[tuple[str, str, int | None], bool] = Batcher(self._apply)
 
     async def acquire(self, user_id: str, slot: str, limit: int) -> bool:
-        ok = await self._acquires.submit((user_id, slot, limit))
+        ok = await self._changes.submit((user_id, slot, limit))
         if ok:
             self._mine.setdefault(user_id, set()).add(slot)
             if self._refresher is None:
@@ -69,24 +70,18 @@ class RedisConnectionCounter:
             slots.discard(slot)
             if not slots:
                 del self._mine[user_id]
-        await self._releases.submit((user_id, slot))
+        await self._changes.submit((user_id, slot, None))
 
-    async def _acquire_all(self, asked: Sequence[tuple[str, str, int]]) -> list[bool]:
+    async def _apply(self, changes: Sequence[tuple[str, str, int | None]]) -> list[bool]:
         with redis_errors_as_unavailable():
             async with self._redis.pipeline(transaction=False) as pipe:
-                for user_id, slot, limit in asked:
-                    pipe.eval(
-                        _ACQUIRE, 1, self._keys.connections(user_id), limit, self._ttl_ms, slot
-                    )
-                return [bool(ok) for ok in await pipe.execute()]
-
-    async def _release_all(self, released: Sequence[tuple[str, str]]) -> list[None]:
-        with redis_errors_as_unavailable():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for user_id, slot in released:
-                    pipe.zrem(self._keys.connections(user_id), slot)
-                await pipe.execute()
-        return [None] * len(released)
+                for user_id, slot, limit in changes:
+                    key = self._keys.connections(user_id)
+                    if limit is None:
+                        pipe.zrem(key, slot)
+                    else:
+                        pipe.eval(_ACQUIRE, 1, key, limit, self._ttl_ms, slot)
+                return [bool(answer) for answer in await pipe.execute()]
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -104,8 +99,7 @@ class RedisConnectionCounter:
                 logger.warning("connection counts not refreshed: %s", exc)
 
     async def aclose(self) -> None:
-        await self._acquires.aclose()
-        await self._releases.aclose()
+        await self._changes.aclose()
         if self._refresher is not None:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
