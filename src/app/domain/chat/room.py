@@ -424,7 +424,11 @@ class ChatRoom:
 
     def _broadcast(self, turn_id: str, seq: int, frame: bytes) -> None:
         """One frame to every connection of the chat here (two tabs see the same turn)."""
-        for connection in self.connections:
+        held = self._connections
+        if held is None:
+            return
+        # Per frame, so no tuple is made for the usual chat of one connection.
+        for connection in (held,) if isinstance(held, Connection) else tuple(held):
             if connection.holding:
                 continue
             mark = connection.watermark

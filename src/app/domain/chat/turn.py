@@ -329,7 +329,8 @@ class Turn:
             history = await services.memory(spec, self.id) if compiled.reads_history else []
             turn_input = TurnInput(text=spec.text, inputs=spec.inputs, history=history)
             model_started = time.monotonic()
-            answer = self.answer
+            # The per-piece path: bound once, outside the loop.
+            answer, emit, stream = self.answer, self._emit, self.framer.stream
             async with (
                 asyncio.timeout(services.turn_timeout),
                 aclosing(services.runtime.run(compiled, turn_input)) as pieces,
@@ -338,7 +339,7 @@ class Turn:
                     if not answer:  # the only per-piece cost of the metrics: counted at the end
                         self._first_piece_at = time.monotonic()
                     answer.append(piece)
-                    self._emit(self.framer.stream(piece))
+                    emit(stream(piece))
         except asyncio.CancelledError:
             if self._ending is None:
                 raise
