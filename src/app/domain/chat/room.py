@@ -362,7 +362,7 @@ class ChatRoom:
     def turn_frame(self, turn: Turn, seq: int, frame: bytes) -> None:
         view = self.feed.view
         if view is not None and view.turn_id == turn.id:
-            view.accept(seq, frame)
+            view.accept_own(seq, frame)
         self._broadcast(turn.id, seq, frame)
         if self.chat_id is not None:
             self._services.log.append(self.chat_id, turn.id, seq, frame)

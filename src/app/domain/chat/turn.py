@@ -35,6 +35,10 @@ from app.domain.retry import RetryPolicy
 logger = logging.getLogger(__name__)
 
 COMPILE_CACHE_SIZE = 256
+#: A model that has its pieces at once (a cache, a scripted reply) would stream its whole
+#: answer in one step of the event loop, ahead of every other chat's first piece: the turn
+#: lets the loop run after its first piece and then after every this many.
+PIECES_PER_STEP = 16
 NOT_STORED = "the answer could not be stored"
 
 
@@ -340,6 +344,8 @@ class Turn:
                         self._first_piece_at = time.monotonic()
                     answer.append(piece)
                     emit(stream(piece))
+                    if len(answer) % PIECES_PER_STEP == 1:
+                        await asyncio.sleep(0)
         except asyncio.CancelledError:
             if self._ending is None:
                 raise
