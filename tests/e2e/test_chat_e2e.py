@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
+import struct
+import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -171,3 +176,85 @@ async def test_debug_connections_are_private_and_persist_nothing(server: Server)
         assert await ask(two, {"action": "ping"}) == {"type": "pong"}  # saw none of it
         history = await ask(one, {"action": "history"})
         assert history == {"type": "history", "messages": [], "has_more": False}
+
+
+def _raw_chat(server: Server, path: str) -> socket.socket:
+    """A WebSocket opened by hand on a blocking socket with a small receive buffer: unlike a
+    client library, it reads nothing until told to."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def _send_text(sock: socket.socket, text: str) -> None:
+    payload = text.encode()
+    assert len(payload) < 126
+    # Client frames are masked; the all-zero key leaves the payload as it is.
+    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
+
+
+def _read_exact(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        assert chunk, "the server closed the socket"
+        data += chunk
+    return data
+
+
+def _recv_text(sock: socket.socket) -> dict[str, Any]:
+    while True:
+        first, second = _read_exact(sock, 2)
+        length = second & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", _read_exact(sock, 2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", _read_exact(sock, 8))
+        payload = _read_exact(sock, length)
+        if first & 0x0F == 0x1:  # a text frame (the server sends no fragments)
+            return json.loads(payload)  # type: ignore[no-any-return]
+        assert first & 0x0F in (0x9, 0xA), f"unexpected opcode {first:#x}"  # pings
+
+
+def _joined_turn(server: Server, pieces: int) -> tuple[str, list[dict[str, Any]]]:
+    reply = " ".join(f"word{i:05d}" for i in range(pieces))
+    flow = server.create_flow("u1", scripted_graph(reply))
+    sock = _raw_chat(server, f"/api/v1/chat/{flow}?t={server.token('u1')}&chat_id={new_chat()}")
+    with sock:
+        _send_text(sock, '{"inputs": {"input": "hi"}}')
+        time.sleep(1.5)  # not reading: the turn runs on, its pieces wait
+        frames = [_recv_text(sock)]
+        while frames[-1]["type"] != "close":
+            frames.append(_recv_text(sock))
+    return reply, frames
+
+
+async def test_a_socket_that_does_not_read_gets_the_waiting_pieces_joined(server: Server) -> None:
+    """Protocol 1.2: while a socket pushes back, the pieces waiting behind it come as joined
+    stream frames (first_seq..seq), their text exact; every position once, in order."""
+    # About 7 MB of frames: more than the kernel buffers of both ends hold (Linux lets a
+    # socket's send buffer grow to 4 MiB by default), so the server's writes push back.
+    pieces = 20_000
+    reply, frames = await asyncio.to_thread(_joined_turn, server, pieces)
+    covered = [p for f in frames for p in range(f.get("first_seq", f["seq"]), f["seq"] + 1)]
+    assert covered == list(range(len(covered)))
+    streams = [f for f in frames if f["type"] == "stream"]
+    joined = [f for f in streams if "first_seq" in f]
+    assert joined, f"no joined frame among {len(streams)} stream frames"
+    assert len(streams) < pieces
+    assert all(set(f) == CHAT_FIELDS | {"first_seq"} for f in joined)
+    assert all(set(f) == CHAT_FIELDS for f in frames if f not in joined)
+    end = frames[-2]
+    assert "".join(f["message"] for f in streams) == end["message"] == reply
+    assert end["status"] == "complete"

@@ -9,7 +9,8 @@
   SIGKILL) and its log printed, which pytest shows when the test failed.
 - ``Recorder``: reads every frame a socket gets, in the background, with the time it came, so
   a test can trigger a fault after the n-th frame and then check the whole sequence.
-- ``assert_turn``: the PROTOCOL 1.1 rules for the frames of one turn (``seq`` contiguous,
+- ``assert_turn``: the PROTOCOL 1.2 rules for the frames of one turn (each frame covers
+  ``first_seq``..``seq``, the frames cover every position once, in order,
   types in order, one ``end`` with a known status whose message is what was streamed, never
   ``turn_failed`` followed by ``complete``).
 """
@@ -461,7 +462,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float) -> bo
 
 
 # --------------------------------------------------------------------------------------------
-# PROTOCOL 1.1: the frames of one turn
+# PROTOCOL 1.2: the frames of one turn
 
 
 def assert_turn(
@@ -473,10 +474,12 @@ def assert_turn(
     reply: str | None = None,
 ) -> dict[str, Any]:
     """The chat frames ``seen`` got form one whole turn (or, with ``from_seq``, its tail):
-    one ``turn_id``; every frame has ``seq``, contiguous from ``from_seq``, none twice; ``seq``
-    0 is ``begin``, 1 ``start``, then ``stream``s, ``end``, ``close`` last; ``end.status`` in
-    ``statuses``; ``end.message`` is everything streamed (``streamed_before`` + this socket's
-    pieces) and, if given and complete, ``reply``; never ``turn_failed`` then ``complete``.
+    one ``turn_id``; every frame has ``seq`` and covers ``first_seq`` (if it has one: a
+    joined ``stream``) to ``seq``, and the frames cover every position from ``from_seq``
+    once, in order; ``seq`` 0 is ``begin``, 1 ``start``, then ``stream``s, ``end``,
+    ``close`` last; ``end.status`` in ``statuses``; ``end.message`` is everything streamed
+    (``streamed_before`` + this socket's pieces) and, if given and complete, ``reply``; never
+    ``turn_failed`` then ``complete``.
     Returns the ``end`` frame."""
     where = f"{seen.name}: {seen.summary()}"
     chat = seen.chat
@@ -485,7 +488,11 @@ def assert_turn(
     assert len(turn_ids) == 1 and None not in turn_ids, f"turn_ids {turn_ids}. {where}"
     unnumbered = [f["type"] for f in chat if not isinstance(f.get("seq"), int)]
     assert not unnumbered, f"chat frames without an integer seq: {unnumbered}. {where}"
-    seqs = [f["seq"] for f in chat]
+    seqs = [p for f in chat for p in range(f.get("first_seq", f["seq"]), f["seq"] + 1)]
+    joined = [f for f in chat if "first_seq" in f]
+    assert all(f["type"] == "stream" and f["first_seq"] < f["seq"] for f in joined), (
+        f"first_seq on a frame that is not a joined stream: {joined}. {where}"
+    )
     duplicated = sorted({s for s in seqs if seqs.count(s) > 1})
     assert not duplicated, f"seq seen twice: {duplicated}. {where}"
     expected = list(range(from_seq, from_seq + len(seqs)))

@@ -10,7 +10,7 @@ import pytest
 
 from app.domain.errors import ModelError
 from app.domain.llm import ModelMessage
-from app.testing import FakeChatModel
+from app.testing import FakeChatModel, FakeTransport
 from tests.unit.chat_rig import LLM, Process, scripted
 
 
@@ -206,3 +206,31 @@ def test_spliced_stream_frames_equal_encoded_ones(piece: str) -> None:
     encoded = TurnFrames(flow_id="f", chat_id="c\x00", user_id="u", turn_id="t", next_seq=7)
     assert spliced.stream(piece) == encoded.frame("stream", piece)
     assert spliced.stream(piece) == encoded.frame("stream", piece)  # seq 8 both
+
+
+async def test_a_turn_whose_model_has_every_piece_at_once_lets_other_chats_start() -> None:
+    process = Process()
+    reply = " ".join(f"w{i}" for i in range(200))  # delay 0: every piece at once
+    order: list[tuple[str, str]] = []
+
+    class Recording(FakeTransport):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        async def send(self, data: bytes) -> None:
+            await super().send(data)
+            order.append((self.name, str(self.sent[-1].get("type"))))
+
+    first, _ = await process.connect(scripted(reply), chat_id="c1")
+    second, _ = await process.connect(scripted(reply), chat_id="c2")
+    first.connection.transport = Recording("c1")
+    second.connection.transport = Recording("c2")
+    await first.receive(b'{"inputs": {"input": "q"}}')
+    await second.receive(b'{"inputs": {"input": "q"}}')
+    await process.settle()
+    assert order.count(("c1", "stream")) == order.count(("c2", "stream")) == 200
+    # The second chat's first piece is written long before the first chat's last one.
+    second_first = order.index(("c2", "stream"))
+    first_last = len(order) - 1 - order[::-1].index(("c1", "stream"))
+    assert second_first < first_last - 100

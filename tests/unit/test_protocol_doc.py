@@ -34,8 +34,9 @@ def test_the_asyncapi_document_names_every_close_code_and_frame() -> None:
     codes = {entry["code"] for entry in document["components"]["x-close-codes"]}
     assert codes == {r.code for r in Rejection}
     chat_frame = document["components"]["schemas"]["ChatFrame"]
-    assert {"seq", "turn_id", "status"} <= set(chat_frame["properties"])
-    assert set(chat_frame["required"]) == set(chat_frame["properties"])
+    assert {"seq", "first_seq", "turn_id", "status"} <= set(chat_frame["properties"])
+    # Every field is always sent but first_seq, which only a joined stream frame carries.
+    assert set(chat_frame["required"]) == set(chat_frame["properties"]) - {"first_seq"}
 
 
 def test_the_protocol_document_has_examples() -> None:
@@ -51,9 +52,15 @@ def test_every_example_frame_matches_its_type(example: str) -> None:
         if kind in SERVER_TYPES:
             msgspec.json.decode(raw, type=SERVER_TYPES[kind])
         else:
-            # A chat frame carries every field, no more, no less.
+            # A chat frame carries every field, no more, no less; first_seq only when joined.
             decoded = msgspec.json.decode(raw, type=frames.ChatFrame)
-            assert set(value) == set(decoded.__struct_fields__)
+            fields = set(decoded.__struct_fields__)
+            if decoded.first_seq is None:
+                fields.discard("first_seq")
+            else:
+                assert decoded.type == "stream"
+                assert decoded.seq is not None and decoded.first_seq < decoded.seq
+            assert set(value) == fields
             assert decoded.type in {"begin", "start", "stream", "end", "close"}
         return
     feature = ChatFeature.__new__(ChatFeature)

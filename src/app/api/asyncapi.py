@@ -19,7 +19,7 @@ from app.domain.features.compute import ComputeRequest, ComputeResult
 from app.domain.features.translate import TranslateRequest, TranslateResult
 from app.domain.rejections import Rejection
 
-VERSION = "1.1"
+VERSION = "1.2"
 
 #: Client frames: (message name, action (None: no action field), payload type, summary).
 CLIENT_FRAMES: list[tuple[str, str | None, type[msgspec.Struct], str]] = [

@@ -8,9 +8,13 @@ waits on ``receive()`` only.
 from __future__ import annotations
 
 import logging
+import types
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
 from litestar import WebSocket, websocket
+from litestar.types import Receive, Send
 
 from app.bootstrap import Container
 from app.domain import log_context
@@ -24,15 +28,47 @@ TOKEN_COOKIE = "access_token_cookie"
 _QUERY_KEYS = frozenset(("t", "chat_id", "version_id"))
 
 
+#: Litestar's wrappers around the server's ``send`` and ``receive`` on a WebSocket route, by
+#: qualified name. For a ``websocket.send`` or ``websocket.receive`` event they add nothing
+#: flowgate needs: ``wrapped_send``/``wrapped_receive`` track the socket's state to raise
+#: ``WebSocketDisconnect`` on a send after a disconnect (the server raises on such a send
+#: anyway, and the connection takes any error of a send for a peer gone), and
+#: ``capture_response_started`` watches for ``http.response.start``, which a socket never
+#: sends. Yet each is a coroutine call per frame (in the benchmark, most of Litestar's share of
+#: a frame), so the frames go to the server's own callables; the handshake and the close still
+#: go through Litestar. Any other wrapper (a middleware someone adds) is kept.
+_LITESTAR_WRAPPERS = frozenset(
+    {
+        "WebSocket.send_wrapper.<locals>.wrapped_send",
+        "WebSocket.receive_wrapper.<locals>.wrapped_receive",
+        "ExceptionHandlerMiddleware.__call__.<locals>.capture_response_started",
+    }
+)
+
+
+def server_callable(wrapped: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """The callable under Litestar's known wrappers of ``send``/``receive`` (``name``: the
+    wrapped callable's name in the wrapper's closure); ``wrapped`` itself if it is none."""
+    function = wrapped
+    while isinstance(function, types.FunctionType) and function.__qualname__ in _LITESTAR_WRAPPERS:
+        cells = dict(zip(function.__code__.co_freevars, function.__closure__ or (), strict=True))
+        cell = cells.get(name)
+        if cell is None:
+            break
+        function = cell.cell_contents
+    return function
+
+
 class SocketTransport:
-    __slots__ = ("_socket",)
+    __slots__ = ("_send", "_socket")
 
     def __init__(self, socket: WebSocket) -> None:  # type: ignore[type-arg]
         self._socket = socket
+        self._send: Send = server_callable(socket.send, "send")
 
     async def send(self, data: bytes) -> None:
         # Raw ASGI event: the server needs ``str`` for a text frame, nothing else to wrap.
-        await self._socket.send({"type": "websocket.send", "text": data.decode(), "bytes": None})
+        await self._send({"type": "websocket.send", "text": data.decode(), "bytes": None})
 
     async def close(self, code: int, reason: str) -> None:
         await self._socket.close(code=code, reason=reason)
@@ -160,9 +196,10 @@ async def serve(socket: WebSocket, flow_id: str, feature_name: str, container: C
         await _close(socket, Rejection.INTERNAL, container.settings.locale)
         await container.admission.release(admission)
         return
+    receive: Receive = server_callable(socket.receive, "receive")  # see _LITESTAR_WRAPPERS
     try:
         while session.open:
-            event = await socket.receive()
+            event = await receive()
             if event["type"] != "websocket.receive":
                 break
             await session.receive(event.get("text") or event.get("bytes") or b"")

@@ -12,6 +12,12 @@ connection, which is the socket's single writer and its send policy:
   with 4008 ``slow consumer``; it reconnects and resumes. Only a client that holds the writer
   up counts as behind: frames a turn produced faster than the loop ran the writer (a burst)
   are the turn's pace, not the client's.
+- While the client holds the writer up (its send did not complete at once), a ``stream``
+  frame offered right behind a waiting ``stream`` frame of the same turn, at the next
+  position, is joined into it: one frame with the pieces' text concatenated, ``first_seq``
+  its first position and ``seq`` its last (PROTOCOL.md §5.1). So a slow socket costs fewer
+  frames, not more. Nothing else is joined: not across turns, not over a gap, not with any
+  other frame, and never while the socket keeps up (every piece is its own frame then).
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+import msgspec
+
 from app.domain.admission import Admission
+from app.domain.frames import ENCODER, ChatFrame
 from app.domain.metrics import NO_METRICS, Limit, Metrics
 from app.domain.rejections import Rejection
 from app.domain.users import User
@@ -36,6 +45,10 @@ CLOSE_TIMEOUT = 5.0
 #: that reads at all needs; one that reads nothing is ended by the server's heartbeat first.
 SLOW_CLOSE_TIMEOUT = 120.0
 DEFAULT_SEND_BUFFER = 1 << 20
+#: How every ``stream`` frame begins (``type`` is a chat frame's first field, see ChatFrame).
+_STREAM = b'{"type":"stream"'
+_decode_chat_frame = msgspec.json.Decoder(ChatFrame).decode
+_FIRST_SEQ_FIELD = len(b',"first_seq":')
 
 
 class Transport(Protocol):
@@ -92,7 +105,7 @@ class Connection:
         #: ``(turn_id, seq)``: frames of that turn up to ``seq`` were sent already (by a resume).
         self.watermark: tuple[str, int] | None = None
         self._limit = send_buffer
-        self._queue: deque[bytes] | None = None
+        self._queue: deque[bytes | _Joined] | None = None
         self._queued = 0
         #: The writer is inside a send that did not complete at once (the socket pushes back).
         self._sending = False
@@ -136,8 +149,9 @@ class Connection:
             self._queued = len(data)
             self._start_writer()
             return
-        queue.append(data)
-        self._queued += len(data)
+        if not (self._sending and data.startswith(_STREAM) and self._joined(queue, data)):
+            queue.append(data)
+            self._queued += len(data)
         if self._queued > self._limit and self._sending:
             self._fell_behind()
 
@@ -148,13 +162,36 @@ class Connection:
         self.closed = True
         writer = self._writer
         if writer is not None:
+            # asyncio.timeout, not wait_for: in Python 3.11 wait_for makes a task per call.
             try:
-                await asyncio.wait_for(asyncio.shield(writer), CLOSE_TIMEOUT)
+                async with asyncio.timeout(CLOSE_TIMEOUT):
+                    await asyncio.shield(writer)
             except Exception:  # too slow or broken: close without the rest
                 writer.cancel()
         await self._close_transport(rejection)
 
     # -- internals -------------------------------------------------------------------------
+
+    def _joined(self, queue: deque[bytes | _Joined], data: bytes) -> bool:
+        """Join the stream frame ``data`` into the last waiting frame if that is a stream frame
+        of the same turn at the position before it (the only case where joining keeps the
+        text exact and in order); False, and nothing changed, otherwise. The decoding here
+        costs only while a socket pushes back, and saves a send each time."""
+        if not queue:
+            return False
+        last = queue[-1]
+        if isinstance(last, bytes):
+            if not last.startswith(_STREAM):
+                return False
+            joined = _Joined(_decode_chat_frame(last), len(last))
+        else:
+            joined = last
+        grown = joined.join(_decode_chat_frame(data))
+        if grown is None:
+            return False
+        queue[-1] = joined
+        self._queued += grown
+        return True
 
     def _start_writer(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._drain())
@@ -163,8 +200,13 @@ class Connection:
         queue = self._queue
         try:
             while queue:
-                data = queue.popleft()
-                self._queued -= len(data)
+                item = queue.popleft()
+                if isinstance(item, bytes):
+                    data = item
+                    self._queued -= len(data)
+                else:  # joined pieces: encoded once, now that nothing more can join them
+                    data = item.encode()
+                    self._queued -= item.size
                 self._sending = True
                 await self.transport.send(data)
                 self._sending = False
@@ -198,11 +240,56 @@ class Connection:
 
     async def _close_transport(self, rejection: Rejection, timeout: float = CLOSE_TIMEOUT) -> None:
         try:
-            await asyncio.wait_for(
-                self.transport.close(rejection.code, rejection.reason(self.locale)), timeout
-            )
+            async with asyncio.timeout(timeout):
+                await self.transport.close(rejection.code, rejection.reason(self.locale))
         except Exception:  # closed by the peer already, or it reads nothing: nothing to tell
             pass
+
+
+class _Joined:
+    """``stream`` frames of one turn waiting as one: the first frame (every field but
+    ``message`` and ``seq`` is the same on every stream frame of a turn), the pieces' text,
+    the last position, and the size of the frame they make (what the send buffer counts)."""
+
+    __slots__ = ("first", "last_seq", "pieces", "size")
+
+    def __init__(self, first: ChatFrame, size: int) -> None:
+        self.first = first
+        self.pieces = [first.message]
+        self.last_seq = first.seq if first.first_seq is None else None
+        self.size = size
+
+    def join(self, frame: ChatFrame) -> int | None:
+        """Take the next piece: how many bytes the joined frame grew by; None if ``frame`` is
+        not the stream frame at the next position of the same turn."""
+        last = self.last_seq
+        if (
+            last is None
+            or frame.seq != last + 1
+            or frame.type != "stream"
+            or frame.first_seq is not None
+            or frame.turn_id != self.first.turn_id
+        ):
+            return None
+        self.pieces.append(frame.message)
+        self.last_seq = frame.seq
+        # Exact, without encoding the frame again: JSON escapes character by character, so the
+        # joined text's encoding is the pieces' encodings without their quotes, side by side.
+        grown = len(ENCODER.encode(frame.message)) - 2 + len(str(frame.seq)) - len(str(last))
+        if len(self.pieces) == 2:  # the first join adds the field ``first_seq``
+            grown += _FIRST_SEQ_FIELD + len(str(self.first.seq))
+        self.size += grown
+        return grown
+
+    def encode(self) -> bytes:
+        return ENCODER.encode(
+            msgspec.structs.replace(
+                self.first,
+                message="".join(self.pieces),
+                seq=self.last_seq,
+                first_seq=self.first.seq,
+            )
+        )
 
 
 # Keeps one-shot tasks referenced until they finish (asyncio holds only weak references).

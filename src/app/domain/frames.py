@@ -140,12 +140,16 @@ ENVELOPE_DECODER = msgspec.json.Decoder(Envelope)
 # -- server frames ------------------------------------------------------------------------
 
 
-class ChatFrame(msgspec.Struct):
-    """bisheng's ChatResponse: every field is always sent, null where it has no value.
+class ChatFrame(msgspec.Struct, omit_defaults=True):
+    """bisheng's ChatResponse: every field is always sent, null where it has no value, except
+    ``first_seq``, sent only on a joined ``stream`` frame.
 
-    ``seq`` numbers the frames of one turn from 0 (``begin``) upwards, with no gaps. Fields
-    are in the order of PROTOCOL.md's example; ``type`` must stay first (receivers of the
-    turn log recognise a frame's type by its first bytes).
+    ``seq`` numbers the positions of one turn from 0 (``begin``) upwards, with no gaps; a frame
+    covers the positions ``first_seq`` to ``seq`` (just ``seq`` without ``first_seq``). A
+    ``stream`` frame covers several when the socket pushed back and the pieces that waited
+    were joined into it (:mod:`app.domain.connection`). Fields are in the order of
+    PROTOCOL.md's example; ``type`` must stay first (receivers of the turn log recognise a
+    frame's type by its first bytes).
     """
 
     type: str
@@ -160,6 +164,8 @@ class ChatFrame(msgspec.Struct):
     turn_id: str
     seq: int | None
     status: str | None
+    #: On a joined ``stream`` frame only: the position of its first piece (``seq`` is the last).
+    first_seq: int | None = None
 
 
 class HistoryItem(msgspec.Struct):

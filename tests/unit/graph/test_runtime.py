@@ -346,3 +346,42 @@ async def test_a_translator_failure_surfaces_as_model_error() -> None:
     )
     with pytest.raises(ModelError, match="translation service"):
         await answer(rt, graph, TurnInput("hi"))
+
+
+async def test_a_chain_reads_its_answer_straight_from_the_model_and_a_fork_does_not() -> None:
+    rt = runtime(FakeChatModel(["Hel", "lo"]))
+    linear = chain(node("in", "ChatInput"), node("model", "ChatModel"), node("out", "ChatOutput"))
+    compiled = rt.compile(linear)
+    assert compiled.direct_id == "model"  # ChatOutput is not run: the model's pieces are read
+    assert [p async for p in rt.run(compiled, TurnInput("hi"))] == ["Hel", "lo"]
+    fork = {
+        "nodes": [
+            node("in", "ChatInput"),
+            node("model", "ChatModel"),
+            node("zh", "Translate", target_language="zh"),
+            node("out", "ChatOutput"),
+        ],
+        "edges": [
+            {"source": "in", "target": "model"},
+            {"source": "model", "target": "zh"},
+            {"source": "zh", "target": "out"},
+            {"source": "model", "target": "out"},
+        ],
+    }
+    # The model feeds two nodes, ChatOutput two sources: both read through node outputs.
+    assert rt.compile(fork).direct_id is None
+    one_source_read_twice = {
+        "nodes": [
+            node("in", "ChatInput"),
+            node("model", "ChatModel"),
+            node("zh", "Translate", target_language="zh"),
+            node("out", "ChatOutput"),
+        ],
+        "edges": [
+            {"source": "in", "target": "model"},
+            {"source": "model", "target": "zh"},
+            {"source": "model", "target": "out"},
+        ],
+    }
+    # zh feeds nothing on the way to the output, so it is dropped: the model feeds only out.
+    assert rt.compile(one_source_read_twice).direct_id == "model"

@@ -362,7 +362,7 @@ class ChatRoom:
     def turn_frame(self, turn: Turn, seq: int, frame: bytes) -> None:
         view = self.feed.view
         if view is not None and view.turn_id == turn.id:
-            view.accept(seq, frame)
+            view.accept_own(seq, frame)
         self._broadcast(turn.id, seq, frame)
         if self.chat_id is not None:
             self._services.log.append(self.chat_id, turn.id, seq, frame)
@@ -424,7 +424,11 @@ class ChatRoom:
 
     def _broadcast(self, turn_id: str, seq: int, frame: bytes) -> None:
         """One frame to every connection of the chat here (two tabs see the same turn)."""
-        for connection in self.connections:
+        held = self._connections
+        if held is None:
+            return
+        # Per frame, so no tuple is made for the usual chat of one connection.
+        for connection in (held,) if isinstance(held, Connection) else tuple(held):
             if connection.holding:
                 continue
             mark = connection.watermark

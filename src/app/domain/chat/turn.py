@@ -35,6 +35,10 @@ from app.domain.retry import RetryPolicy
 logger = logging.getLogger(__name__)
 
 COMPILE_CACHE_SIZE = 256
+#: A model that has its pieces at once (a cache, a scripted reply) would stream its whole
+#: answer in one step of the event loop, ahead of every other chat's first piece: the turn
+#: lets the loop run after its first piece and then after every this many.
+PIECES_PER_STEP = 16
 NOT_STORED = "the answer could not be stored"
 
 
@@ -329,7 +333,8 @@ class Turn:
             history = await services.memory(spec, self.id) if compiled.reads_history else []
             turn_input = TurnInput(text=spec.text, inputs=spec.inputs, history=history)
             model_started = time.monotonic()
-            answer = self.answer
+            # The per-piece path: bound once, outside the loop.
+            answer, emit, stream = self.answer, self._emit, self.framer.stream
             async with (
                 asyncio.timeout(services.turn_timeout),
                 aclosing(services.runtime.run(compiled, turn_input)) as pieces,
@@ -338,7 +343,9 @@ class Turn:
                     if not answer:  # the only per-piece cost of the metrics: counted at the end
                         self._first_piece_at = time.monotonic()
                     answer.append(piece)
-                    self._emit(self.framer.stream(piece))
+                    emit(stream(piece))
+                    if len(answer) % PIECES_PER_STEP == 1:
+                        await asyncio.sleep(0)
         except asyncio.CancelledError:
             if self._ending is None:
                 raise

@@ -46,6 +46,14 @@ class TurnView:
             self._append(follows)
         return taken
 
+    def accept_own(self, seq: int, frame: bytes) -> None:
+        """Take a frame of the turn running in this process: the next one, but for a frame
+        the view has already (``accept``'s rules then). Per piece, so nothing is built."""
+        if seq == self.base + len(self.frames) and not self.pending and not self.ended:
+            self._append(frame)
+        else:
+            self.accept(seq, frame)
+
     def skip_gap(self) -> list[tuple[int, bytes]]:
         """Give up on the frames of a gap that cannot be filled: continue after it."""
         if not self.pending:

@@ -6,6 +6,11 @@ that streams into ``ChatOutput`` streams through piece by piece, and nodes that 
 the way to ``ChatOutput`` never run. Everything runs in the caller's task: cancelling it stops
 the turn, and closing the iterator :meth:`GraphRuntime.run` returns closes every node (and so
 every model call) it started.
+
+A ``ChatOutput`` that passes on the pieces of one source that feeds nothing else (the usual
+``ChatInput -> model -> ChatOutput``) is not run: its source's pieces are the answer, read
+straight from the source, without a node output and a reader between (the per-piece cost of
+a streamed answer).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import msgspec
 
 from app.domain.errors import InvalidGraph
 from app.domain.graph.context import Incoming, NodeContext, RuntimeServices, TurnInput
-from app.domain.graph.nodes import CHAT_OUTPUT, NodeRegistry, NodeType
+from app.domain.graph.nodes import CHAT_OUTPUT, CHAT_OUTPUT_NODE, NodeRegistry, NodeType
 from app.domain.graph.validation import parse_graph, reachable_from
 
 
@@ -40,6 +45,8 @@ class CompiledGraph:
 
     nodes: tuple[CompiledNode, ...]
     output_id: str
+    #: The source whose pieces ``ChatOutput`` passes on unchanged, read directly (above).
+    direct_id: str | None = None
 
     @property
     def reads_history(self) -> bool:
@@ -71,24 +78,55 @@ class GraphRuntime:
                     compiled[node.id] = CompiledNode(
                         node.id, node.type, node.params, sources, _system(sources, compiled)
                     )
-        return CompiledGraph(tuple(compiled.values()), output_id)
+        return CompiledGraph(
+            tuple(compiled.values()), output_id, _direct_source(compiled, output_id)
+        )
 
     async def run(self, compiled: CompiledGraph, turn: TurnInput) -> AsyncGenerator[str, None]:
         """The pieces of the answer, as they reach ``ChatOutput``."""
         outputs: dict[str, _NodeOutput] = {}
+        direct: Callable[[], AsyncIterator[str]] | None = None
         for node in compiled.nodes:
+            if node.id == compiled.output_id and direct is not None:
+                continue  # a pass-through: not run (the module's docstring)
             incoming = Incoming([outputs[s].reader() for s in node.sources], node.system)
             context = NodeContext(node.id, turn, self._services)
-            outputs[node.id] = _NodeOutput(
-                functools.partial(node.type.run, node.params, incoming, context)
-            )
+            start = functools.partial(node.type.run, node.params, incoming, context)
+            if node.id == compiled.direct_id:
+                direct = start
+            else:
+                outputs[node.id] = _NodeOutput(start)
+        source: AsyncIterator[str] | None = None
         try:
-            async for piece in outputs[compiled.output_id].reader():
+            if direct is None:
+                source = outputs[compiled.output_id].reader()
+            else:
+                source = direct()  # started on the first read, as a node output would be
+            async for piece in source:
                 yield piece
         finally:
             # Consumers first, then their sources.
+            if direct is not None:
+                await _aclose(source)
             for output in reversed(outputs.values()):
                 await output.aclose()
+
+
+def _direct_source(compiled: dict[str, CompiledNode], output_id: str) -> str | None:
+    """The node whose pieces the built-in ``ChatOutput`` would pass on unchanged: its only
+    source, when that source feeds no other node (so nobody else reads its pieces)."""
+    output = compiled[output_id]
+    if output.type is not CHAT_OUTPUT_NODE or len(output.sources) != 1:
+        return None
+    (source,) = output.sources
+    readers = sum(node.sources.count(source) for node in compiled.values())
+    return source if readers == 1 else None
+
+
+async def _aclose(iterator: AsyncIterator[str] | None) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _system(sources: tuple[str, ...], compiled: dict[str, CompiledNode]) -> str | None:
@@ -133,9 +171,7 @@ class _NodeOutput:
         return piece
 
     async def aclose(self) -> None:
-        aclose = getattr(self._source, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await _aclose(self._source)
 
 
 class _Reader:

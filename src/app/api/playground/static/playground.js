@@ -180,6 +180,7 @@
         seen.turnId = frame.turn_id;
         seen.afterSeq = null;
       }
+      // A joined stream frame (first_seq..seq) counts as seen up to its seq, its last piece.
       if (Number.isInteger(frame.seq) && (seen.afterSeq === null || frame.seq > seen.afterSeq)) {
         seen.afterSeq = frame.seq;
       }
