@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 
@@ -108,7 +108,8 @@ class RedisChannels:
         else:
             name = ""
             if name not in self._subscribers:
-                self._subscribers[name] = _Subscriber(self, self._redis, sharded=False, owned=False)
+                client = _without_health_checks(self._redis)
+                self._subscribers[name] = _Subscriber(self, client, sharded=False, owned=True)
         return self._subscribers[name]
 
     def handle(self, channel: bytes | str, data: bytes | str) -> None:
@@ -132,6 +133,21 @@ class RedisChannels:
     def resynced(self) -> None:
         if self._listener is not None:
             self._listener.on_resync()
+
+
+def _without_health_checks(redis: Redis) -> Redis:
+    """A client of the same server for the pub/sub connection, without redis-py's health check.
+
+    With one, redis-py PINGs and reads the answer itself before a SUBSCRIBE sent while no
+    channel is subscribed (every chat left, then one joined), on the connection the reader is
+    waiting on: ``readuntil() called while another coroutine is already waiting``, and the
+    joining socket was closed 1011. The reader notices a dead connection by itself.
+    """
+    pool = redis.connection_pool
+    options = dict(pool.connection_kwargs, health_check_interval=0)
+    return Redis(
+        connection_pool=ConnectionPool(connection_class=pool.connection_class, **options)
+    )
 
 
 class _Subscriber:
