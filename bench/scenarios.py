@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -356,13 +357,14 @@ async def _cycles(target: Target, paths: list[str], concurrency: int) -> int:
 
 
 async def b2r_reconnects(
-    target: Target, connects: int = 2000, concurrency: int = 8, rate: float = 400.0,
-    rate_connects: int = 2000, seed_concurrency: int = 32,
+    target: Target, connects: int = 1000, concurrency: int = 8, rate: float = 400.0,
+    rate_connects: int = 1000, seed_concurrency: int = 32,
 ) -> Result:
     """B2's shape, but every connect is a reconnect to a chat that exists (the owner's user,
     a new token) on a process started after the chats were made: what a fleet of clients
     costs a freshly deployed process. Its in-process cache of owners is empty, so each first
-    reconnect asks the database once."""
+    reconnect asks the database. Half of B2's counts: seeding the chats costs the server as
+    much as B2 itself (2000 + 2000 made one flowgate run last ~45 s)."""
     warm, closed, fixed = (target.new_chats(n) for n in (16, connects, rate_connects))
     # Seed: one connect cycle per chat with its owner's token (not measured). One call of
     # chat_paths per list, as below, so that each chat is reconnected by its owner.
@@ -611,7 +613,7 @@ async def storm_reconnects(
     the chat socket (the echo answers anything). Figure: seconds from SIGTERM until all are
     admitted. A then exits; B takes its place for the next scenarios."""
     a = target.server
-    b = a.sibling(a.log_path.with_name(a.log_path.stem + "-storm.log"))
+    b = a.sibling(_log_beside(a, "storm"))
     b.start()
     try:
         chats = target.new_chats(sockets)
@@ -676,6 +678,13 @@ async def storm_reconnects(
     finally:
         # A has exited (or is killed now); B becomes the target's server.
         a.adopt(b)
+
+
+def _log_beside(server: Server, what: str) -> Path:
+    """A new log file for a second process of ``server``'s (named after the first one's
+    log, which is a storm's log once a storm has replaced the process)."""
+    stem = server.log_path.stem.split("-storm")[0].split("-b6")[0]
+    return server.log_path.with_name(f"{stem}-{what}{next(_counter)}.log")
 
 
 async def _exit_time(server: Server, timeout: float) -> float | None:
@@ -852,7 +861,7 @@ async def b6_cross_process(
     a = target.server
     flow_id = servers_mod.create_flow(a.env | a.extra_env,
                                       a.log_path.with_name("graph-b6.json"), "bench-b6", delay)
-    b = a.sibling(a.log_path.with_name(a.log_path.stem + "-b6.log"),
+    b = a.sibling(_log_beside(a, "b6"),
                   pin=frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
     b.start()
     result = Result()
