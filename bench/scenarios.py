@@ -617,10 +617,13 @@ async def storm_reconnects(
     b.start()
     try:
         chats = target.new_chats(sockets)
-        clients, errors = await _open_paths(target, a.port, target.chat_paths(chats, None),
-                                            open_concurrency)
-        # Tokens of the reconnects are made now, not inside the timed storm.
-        again = target.chat_paths(chats[: len(clients)], None)
+        opened, errors = await _open_paths(target, a.port, target.chat_paths(chats, None),
+                                           open_concurrency)
+        # Each socket reconnects to its own chat, with a new token of its owner (made now,
+        # not inside the timed storm).
+        again_all = target.chat_paths(chats, None)
+        clients = [client for _, client in opened]
+        again = [again_all[i] for i, _ in opened]
         await asyncio.sleep(1.0)
         in_flight_sem = asyncio.Semaphore(in_flight)
         codes: dict[int | None, int] = {}
@@ -698,17 +701,18 @@ async def _exit_time(server: Server, timeout: float) -> float | None:
 
 
 async def _open_paths(target: Target, port: int, paths: list[str], concurrency: int,
-                      ) -> tuple[list[WSClient], int]:
-    """Chat sockets on ``port``, one ``ping`` answered each; failures counted."""
-    clients: list[WSClient] = []
+                      ) -> tuple[list[tuple[int, WSClient]], int]:
+    """Chat sockets on ``port``, one ``ping`` answered each: (index of its path, socket) for
+    those opened, and how many failed."""
+    clients: list[tuple[int, WSClient]] = []
     errors = 0
-    queue = iter(paths)
+    queue = iter(enumerate(paths))
 
     async def worker() -> None:
         nonlocal errors
-        for path in queue:
+        for i, path in queue:
             try:
-                clients.append(await _open_one(port, path, PING, PONG))
+                clients.append((i, await _open_one(port, path, PING, PONG)))
             except (OSError, TimeoutError, ConnectionError) as exc:
                 errors += 1
                 if errors <= 3:
