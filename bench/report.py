@@ -70,6 +70,7 @@ EXTRA: dict[str, list[tuple[str, str]]] = {
               ("storm_refused", "reconnect attempts refused (retried)"),
               ("storm_last_close_s", "s from SIGTERM until A closed its last socket"),
               ("storm_a_exit_s", "s from SIGTERM until A exited"),
+              ("storm_a_cpu_s", "A's CPU s from SIGTERM to its exit (same core as B)"),
               ("storm_not_1012", "sockets not closed 1012")],
     "B6": [("lo_chats", "light load: chats (one socket on each process)"),
            ("lo_pieces_per_s_on_b", "light load: pieces/s delivered on B"),

@@ -13,6 +13,7 @@ import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -656,9 +657,10 @@ async def storm_reconnects(
 
         movers = [asyncio.create_task(move(c, p)) for c, p in zip(clients, again, strict=True)]
         with measure(b) as window:
+            a_cpu = [a.cpu_seconds()]
             sigterm = time.perf_counter()
             a.sigterm()
-            exited = asyncio.create_task(_exit_time(a, 60.0))
+            exited = asyncio.create_task(_exit_time(a, 60.0, a_cpu))
             await asyncio.gather(*movers)
         a_exit = await exited
         await close_clients(reconnected, graceful=False)
@@ -670,6 +672,8 @@ async def storm_reconnects(
             # When A had closed its last socket, and when its process had exited.
             "storm_last_close_s": max(closed_at, default=float("nan")) - sigterm,
             "storm_a_exit_s": a_exit - sigterm if a_exit is not None else float("nan"),
+            # A's CPU from SIGTERM to its exit: both processes share the servers' core.
+            "storm_a_cpu_s": a_cpu[-1] - a_cpu[0],
             "storm_refused": float(refused),
             "storm_not_1012": float(sum(n for code, n in codes.items() if code != 1012)),
             "storm_admitted_per_s": len(admitted_at) / max(1e-9, max(admitted_at, default=sigterm) - sigterm),
@@ -690,10 +694,13 @@ def _log_beside(server: Server, what: str) -> Path:
     return server.log_path.with_name(f"{stem}-{what}{next(_counter)}.log")
 
 
-async def _exit_time(server: Server, timeout: float) -> float | None:
-    """When the server's process was seen to have exited (polled every 10 ms, bounded)."""
+async def _exit_time(server: Server, timeout: float, cpu: list[float]) -> float | None:
+    """When the server's process was seen to have exited (polled every 10 ms, bounded);
+    ``cpu`` gets the last CPU seconds read while it still ran (its drain shares the core)."""
     deadline = time.perf_counter() + timeout
     while server.proc is not None and time.perf_counter() < deadline:
+        with contextlib.suppress(psutil.Error, AssertionError):
+            cpu.append(server.cpu_seconds())
         if server.proc.poll() is not None:
             return time.perf_counter()
         await asyncio.sleep(0.01)
