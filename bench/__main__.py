@@ -1,6 +1,6 @@
 """``python -m bench``: run the scenarios against flowgate and the bare echo app, print the table.
 
-    python -m bench                                  # everything (make bench), ~7 minutes
+    python -m bench                                  # everything (make bench), ~15 minutes
     python -m bench --scenarios B1,B3 --repeats 3 --backend embedded
     python -m bench --quick                          # smaller loads, one repeat: a smoke test
     python -m bench --scenarios B1 --backend pg --profile   # py-spy profiles of flowgate
@@ -22,7 +22,7 @@ from typing import Any
 
 from bench import report, servers
 from bench.profiling import summarize as summarize_profile
-from bench.scenarios import SCENARIOS, Target, run_scenario
+from bench.scenarios import NO_HEARTBEAT_INTERVAL, SCENARIOS, SOLO, Target, run_scenario
 from bench.servers import Backend, Server
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -34,17 +34,37 @@ QUICK = {
     "B3": {"sockets": 1000},
     "B4": {"sockets": 500, "idle": 3.0},
     "B5": {"chats": 20, "rounds": 1},
+    "B2R": {"connects": 400, "rate_connects": 400},
+    "B4H": {"sockets": 500},
+    "STORM": {"sockets": 500},
+    "B6": {"loads": (5, 20), "turns": 1},
+    "CLI": {"runs": 3},
 }
-#: Which backends each scenario runs on (B5 needs PostgreSQL and Redis).
+#: Which backends each scenario runs on (B5, STORM and B6 need PostgreSQL and Redis: they
+#: are about several processes on one backend, or the turn log and bus). B4H on pg only:
+#: the heartbeats are uvicorn's on both, and its run is long.
 SCENARIO_BACKENDS = {"B1": ("embedded", "pg"), "B2": ("embedded", "pg"),
-                     "B3": ("embedded", "pg"), "B4": ("embedded", "pg"), "B5": ("pg",)}
+                     "B2R": ("embedded", "pg"), "B3": ("embedded", "pg"),
+                     "B4": ("embedded", "pg"), "B4H": ("pg",), "B5": ("pg",),
+                     "STORM": ("pg",), "B6": ("pg",), "CLI": ("embedded", "pg")}
+#: Settings a scenario's servers run with on top of the run's (both servers are restarted
+#: into them, and out of them for the next scenario, only when they change). B4: no
+#: heartbeat in its idle window for either server; every other scenario runs the default
+#: FLOWGATE_WS_PING_INTERVAL (20 s), B4H measures what those heartbeats cost.
+SCENARIO_ENV = {"B4": {"FLOWGATE_WS_PING_INTERVAL": str(NO_HEARTBEAT_INTERVAL)}}
+#: At most this many repeats (of --repeats) for scenarios whose one run is long, to keep a
+#: full run near 15 minutes: B4H's window is a whole ping period (20 s) per server; CLI
+#: times 14 processes per run; B6 has no echo to pair with; B2R seeds 2016 chats and
+#: restarts the server per run; STORM starts a process per run.
+MAX_REPEATS = {"B4H": 1, "CLI": 1, "B6": 1, "B2R": 2, "STORM": 2}
+DEFAULT_SCENARIOS = "B1,B2,B2R,B3,B4,B4H,B5,STORM,B6,CLI"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", default="B1,B2,B3,B4,B5",
-                        help="comma-separated ids (default: all)")
+    parser.add_argument("--scenarios", default=DEFAULT_SCENARIOS,
+                        help=f"comma-separated ids (default: all, {DEFAULT_SCENARIOS})")
     parser.add_argument("--backend", default="embedded,pg",
                         help="embedded, pg, or both (default); B5 runs on pg only")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default 3)")
@@ -124,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         for backend_name in args.backend:
             todo = [s for s in args.scenarios
                     if backend_name in SCENARIO_BACKENDS[s]
-                    or (s == "B5" and "pg" not in args.backend)]
+                    or (s in ("B5", "B4H") and "pg" not in args.backend)]
             if not todo:
                 continue
             if backend_name == "pg":
@@ -183,9 +203,13 @@ def run_backend(
         targets = [Target(s, flow_id, tokens, f"{run_id}{backend.name[0]}") for s in (fg, echo)]
         for scenario in todo:
             options = QUICK.get(scenario, {}) if args.quick else {}
-            for repeat in range(args.repeats):
+            for server in (fg, echo):
+                server.ensure_env(SCENARIO_ENV.get(scenario, {}))
+            for repeat in range(min(args.repeats, MAX_REPEATS.get(scenario, args.repeats))):
                 # Interleaved: the order of the two servers alternates between repeats.
                 order = targets if repeat % 2 == 0 else targets[::-1]
+                if scenario in SOLO:
+                    order = targets[:1]
                 for target in order:
                     t0 = time.monotonic()
                     target.server.check_alive()

@@ -9,11 +9,12 @@ REPLY_WORDS = [f"w{i:03d}" for i in range(N_WORDS)]
 REPLY = " ".join(REPLY_WORDS)
 
 
-def graph() -> dict[str, Any]:
+def graph(delay: float = 0) -> dict[str, Any]:
+    """B5's graph (``delay`` 0); B6 uses a paced one (seconds before each piece)."""
     return {
         "nodes": [
             {"id": "in", "type": "ChatInput", "params": {}},
-            {"id": "m", "type": "ScriptedModel", "params": {"reply": REPLY, "delay": 0}},
+            {"id": "m", "type": "ScriptedModel", "params": {"reply": REPLY, "delay": delay}},
             {"id": "out", "type": "ChatOutput", "params": {}},
         ],
         "edges": [{"source": "in", "target": "m"}, {"source": "m", "target": "out"}],

@@ -11,7 +11,7 @@ from typing import Any
 @dataclass(frozen=True)
 class Goal:
     metric: str
-    kind: str  # "ratio": flowgate / echo; "diff": flowgate - echo
+    kind: str  # "ratio": flowgate / echo; "diff": flowgate - echo; "abs": flowgate alone
     op: str  # ">=" | "<="
     bound: float
     label: str
@@ -30,7 +30,11 @@ GOALS: dict[str, list[Goal]] = {
         Goal("fixed_rate_setup_p99_ms", "ratio", "<=", 2.0, "set-up p99 at 400/s"),
     ],
     "B3": [Goal("kib_per_socket", "ratio", "<=", 1.3, "KiB per idle socket")],
-    "B4": [Goal("idle_cpu_pct", "diff", "<=", 0.5, "idle CPU, % of a core")],
+    "B2R": [Goal("connects_per_s", "ratio", ">=", 0.45,
+                 "reconnects/s to known chats, fresh process (8 at a time)")],
+    "B4": [Goal("idle_cpu_pct", "diff", "<=", 0.5, "idle CPU without heartbeats, % of a core")],
+    "STORM": [Goal("storm_s", "ratio", "<=", 2.0, "s from SIGTERM until all re-admitted")],
+    "B6": [Goal("lo_delay_p99_ms", "abs", "<=", 10.0, "cross-process delay p99, ms (light load)")],
     "B5": [
         Goal("stream_frames_per_s", "ratio", ">=", 0.5, "stream frames/s vs echo msgs/s",
              echo_metric="frames_per_s"),
@@ -48,7 +52,41 @@ EXTRA: dict[str, list[tuple[str, str]]] = {
            ("fixed_rate_loadgen_cpu_pct", "load generator CPU at 400/s, %")],
     "B3": [("rss_before_mib", "RSS before, MiB"), ("rss_after_mib", "RSS with the sockets, MiB"),
            ("open_per_s", "sockets opened/s")],
-    "B4": [("idle_cpu_us_per_socket_s", "µs CPU per socket per second")],
+    "B2R": [("setup_p50_ms", "set-up p50 (8 at a time), ms"),
+            ("setup_p99_ms", "set-up p99 (8 at a time), ms"),
+            ("fixed_rate_setup_p50_ms", "set-up p50 at 400/s, ms"),
+            ("fixed_rate_setup_p99_ms", "set-up p99 at 400/s, ms"),
+            ("fixed_rate_achieved_per_s", "achieved rate at 400/s"),
+            ("fixed_rate_server_cpu_pct", "server CPU at 400/s, %")],
+    "B4": [("idle_cpu_us_per_socket_s", "µs CPU per socket per second"),
+           ("pings_in_window", "heartbeats in the window (must be 0)")],
+    "B4H": [("heartbeat_us_per_ping", "heartbeat µs CPU per socket per ping"),
+            ("heartbeat_cpu_pct", "CPU with heartbeats (1 whole ping period), %"),
+            ("heartbeat_baseline_cpu_pct", "CPU before the first ping (baseline), %"),
+            ("pings_per_socket", "pings per socket in the window"),
+            ("ping_interval_s", "ping interval, s")],
+    "STORM": [("storm_reconnect_p50_ms", "per-socket reconnect p50 (close → pong), ms"),
+              ("storm_reconnect_p99_ms", "per-socket reconnect p99 (close → pong), ms"),
+              ("storm_refused", "reconnect attempts refused (retried)"),
+              ("storm_last_close_s", "s from SIGTERM until A closed its last socket"),
+              ("storm_a_exit_s", "s from SIGTERM until A exited"),
+              ("storm_a_cpu_s", "A's CPU s from SIGTERM to its exit (same core as B)"),
+              ("storm_not_1012", "sockets not closed 1012")],
+    "B6": [("lo_chats", "light load: chats (one socket on each process)"),
+           ("lo_pieces_per_s_on_b", "light load: pieces/s delivered on B"),
+           ("lo_frames_per_s_on_b", "light load: frames/s delivered on B"),
+           ("lo_delay_p50_ms", "light load: delay p50, ms"),
+           ("lo_delay_max_ms", "light load: delay max, ms"),
+           ("hi_chats", "heavier load: chats"),
+           ("hi_pieces_per_s_on_b", "heavier load: pieces/s delivered on B"),
+           ("hi_delay_p50_ms", "heavier load: delay p50, ms"),
+           ("hi_delay_p99_ms", "heavier load: delay p99, ms"),
+           ("hi_server_cpu_pct", "heavier load: process A CPU, %"),
+           ("lo_pieces_missing_on_b", "pieces missing on B (both loads: see errors)")],
+    "CLI": [("cli_help_min_s", "`app --help` min, s"),
+            ("cli_help_median_s", "`app --help` median, s"),
+            ("cli_flows_list_min_s", "`app flows list` min, s"),
+            ("cli_flows_list_median_s", "`app flows list` median, s")],
     "B5": [("ttfp_p50_ms", "time to first piece p50, ms"),
            ("ttfp_p99_ms", "time to first piece p99, ms"),
            ("persisted_turns_per_s", "persisted turns/s"),
@@ -61,6 +99,10 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+#: Measured on flowgate alone (bench.scenarios.SOLO): no echo figure, no ratio.
+SOLO = {"B6", "CLI"}
+
+
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (scenario, backend, figure): medians and paired ratios over the repeats."""
     rows: list[dict[str, Any]] = []
@@ -70,12 +112,14 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by_repeat: dict[int, dict[str, dict[str, Any]]] = {}
         for r in runs:
             by_repeat.setdefault(r["repeat"], {})[r["server"]] = r
-        pairs = [p for p in by_repeat.values() if "flowgate" in p and "echo" in p]
+        solo = scenario in SOLO
+        pairs = [p for p in by_repeat.values() if "flowgate" in p and ("echo" in p or solo)]
 
         def figure(server: str, metric: str) -> list[float]:
-            return [p[server]["figures"].get(metric, float("nan")) for p in pairs]
+            return [p[server]["figures"].get(metric, float("nan")) if server in p
+                    else float("nan") for p in pairs]
 
-        errors = {s: sum(p[s]["errors"] for p in pairs) for s in ("flowgate", "echo")}
+        errors = {s: sum(p[s]["errors"] for p in pairs if s in p) for s in ("flowgate", "echo")}
         loadgen_max = max(
             (p[s]["figures"].get("loadgen_cpu_pct", 0.0) for p in pairs for s in p), default=0.0
         )
@@ -94,6 +138,8 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             theirs = figure("echo", goal.echo_metric or goal.metric)
             if goal.kind == "ratio":
                 values = [a / b if b else float("nan") for a, b in zip(mine, theirs, strict=True)]
+            elif goal.kind == "abs":
+                values = list(mine)
             else:
                 values = [a - b for a, b in zip(mine, theirs, strict=True)]
             value = _median(values)
@@ -132,12 +178,11 @@ def table(rows: list[dict[str, Any]]) -> str:
         if row["kind"] == "info":
             value, goal, met = "", "", ""
         else:
-            sign = "−" if row["kind"] == "diff" else "÷"
+            sign = {"diff": "−", "abs": "flowgate"}.get(row["kind"], "÷")
             per = ", ".join(_fmt(v) for v in row["per_repeat"])
-            value = f"**{_fmt(row['value'])}** ({per})" if row["kind"] == "ratio" else (
-                f"**{row['value']:+.2f} pp** ({per})"
-            )
-            goal = row["goal"].replace("ratio", sign).replace("diff", sign)
+            value = (f"**{row['value']:+.2f} pp** ({per})" if row["kind"] == "diff"
+                     else f"**{_fmt(row['value'])}** ({per})")
+            goal = row["goal"].replace("ratio", sign).replace("diff", sign).replace("abs", sign)
             met = "yes" if row["met"] else "**no**"
         cpu = row["server_cpu_pct"]
         own = row["loadgen_cpu_pct"]

@@ -1,4 +1,4 @@
-"""The scenarios B1-B5 (see bench/README.md). Each runs against one server and returns figures.
+"""The scenarios B1-B6, B2R, B4H, STORM and CLI (see bench/README.md). Each runs against one server and returns figures.
 
 Every scenario is bounded: a fixed amount of work under one overall deadline
 (:data:`SCENARIO_DEADLINE`), and every connect or close under its own timeout.
@@ -7,11 +7,16 @@ Every scenario is bounded: a fixed amount of work under one overall deadline
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
+import os
+import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -50,12 +55,21 @@ class Target:
 
     def paths(self, n: int, feature: str | None) -> list[str]:
         """``n`` URLs, each with its own token and a chat_id never used before."""
-        base = f"/api/v1/chat/{self.flow_id}" + (f"/{feature}" if feature else "")
+        return self.chat_paths(self.new_chats(n), feature)
+
+    def new_chats(self, n: int) -> list[str]:
+        """``n`` chat ids never used before."""
         batch = next(_counter)
-        return [
-            f"{base}?t={token}&chat_id=b{self.run_tag}-{batch}-{i}"
-            for i, token in enumerate(self.tokens(n))
-        ]
+        return [f"b{self.run_tag}-{batch}-{i}" for i in range(n)]
+
+    def chat_paths(self, chats: list[str], feature: str | None, flow_id: str | None = None,
+                   ) -> list[str]:
+        """A URL per chat, each with a new token. ``tokens`` gives the i-th token of every
+        call to the same user (100 users, i % 100), so calling this again with the same list
+        reconnects each chat as its owner."""
+        base = f"/api/v1/chat/{flow_id or self.flow_id}" + (f"/{feature}" if feature else "")
+        return [f"{base}?t={token}&chat_id={chat}"
+                for chat, token in zip(chats, self.tokens(len(chats)), strict=True)]
 
 
 @dataclass
@@ -256,11 +270,22 @@ async def b2_connects(
     target: Target, connects: int = 2000, concurrency: int = 8, rate: float = 400.0,
     rate_connects: int = 2000,
 ) -> Result:
+    """Connects to new chats: every connect claims a chat (one committed INSERT)."""
     result = Result()
     # Warm-up: imports, caches, the database's connection pool.
     await asyncio.gather(*(_connect_cycle(target.port, p) for p in target.paths(16, "compute")))
+    await _connect_phases(target, result, target.paths(connects, "compute"),
+                          target.paths(rate_connects, "compute"), concurrency, rate)
+    return result
 
-    paths = iter(target.paths(connects, "compute"))
+
+async def _connect_phases(
+    target: Target, result: Result, closed_paths: list[str], fixed_paths: list[str],
+    concurrency: int, rate: float,
+) -> None:
+    """B2's two halves (B2R's too): connect cycles ``concurrency`` at a time as fast as they
+    go, then open-loop at a fixed ``rate``, latency counted from each cycle's scheduled start."""
+    paths = iter(closed_paths)
     setups: list[float] = []
 
     async def worker() -> None:
@@ -274,7 +299,7 @@ async def b2_connects(
 
     with measure(target.server) as window:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    result.figures = {
+    result.figures |= {
         "connects_per_s": len(setups) / window.wall,
         "setup_p50_ms": 1e3 * percentile(setups, 50),
         "setup_p99_ms": 1e3 * percentile(setups, 99),
@@ -282,7 +307,6 @@ async def b2_connects(
     }
 
     # Open loop at a fixed rate: latency from the scheduled start, so a slow server shows.
-    fixed_paths = target.paths(rate_connects, "compute")
     latencies: list[float] = []
     in_flight = asyncio.Semaphore(512)
 
@@ -311,6 +335,49 @@ async def b2_connects(
         "fixed_rate_server_cpu_pct": 100.0 * fixed.server_cpu / fixed.wall,
         "fixed_rate_loadgen_cpu_pct": 100.0 * fixed.loadgen_cpu / fixed.wall,
     }
+
+
+# -- B2R: reconnects to known chats on a fresh process --------------------------------------
+
+
+async def _cycles(target: Target, paths: list[str], concurrency: int) -> int:
+    """Connect cycles, not measured (seeding chats); how many failed."""
+    queue = iter(paths)
+    failed = 0
+
+    async def worker() -> None:
+        nonlocal failed
+        for path in queue:
+            try:
+                await _connect_cycle(target.port, path)
+            except (OSError, TimeoutError, ConnectionError):
+                failed += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return failed
+
+
+async def b2r_reconnects(
+    target: Target, connects: int = 1000, concurrency: int = 8, rate: float = 400.0,
+    rate_connects: int = 1000, seed_concurrency: int = 32,
+) -> Result:
+    """B2's shape, but every connect is a reconnect to a chat that exists (the owner's user,
+    a new token) on a process started after the chats were made: what a fleet of clients
+    costs a freshly deployed process. Its in-process cache of owners is empty, so each first
+    reconnect asks the database. Half of B2's counts: seeding the chats costs the server as
+    much as B2 itself (2000 + 2000 made one flowgate run last ~45 s)."""
+    warm, closed, fixed = (target.new_chats(n) for n in (16, connects, rate_connects))
+    # Seed: one connect cycle per chat with its owner's token (not measured). One call of
+    # chat_paths per list, as below, so that each chat is reconnected by its owner.
+    failed = 0
+    for chats in (warm, closed, fixed):
+        failed += await _cycles(target, target.chat_paths(chats, "compute"), seed_concurrency)
+    # A freshly started process that has never seen these chats (the echo does the same).
+    target.server.restart()
+    result = Result(errors=failed)
+    await _cycles(target, target.chat_paths(warm, "compute"), 8)  # warm-up, as B2's
+    await _connect_phases(target, result, target.chat_paths(closed, "compute"),
+                          target.chat_paths(fixed, "compute"), concurrency, rate)
     return result
 
 
@@ -346,22 +413,93 @@ async def b3_idle_memory(target: Target, sockets: int = 5000, settle: float = 1.
 # -- B4: idle CPU ---------------------------------------------------------------------------
 
 
+#: B4's servers run with a ping interval far longer than the scenario (see
+#: SCENARIO_ENV in bench/__main__.py): its idle window holds no heartbeat for either server.
+NO_HEARTBEAT_INTERVAL = 3600.0
+
+
+@contextmanager
+def precise_cpu(server: Server) -> Iterator[list[float]]:
+    """[wall s, server CPU s] over a window, the CPU from schedstat (ns, not 10 ms ticks)."""
+    out = [0.0, 0.0]
+    cpu0, t0 = server.cpu_seconds_precise(), time.perf_counter()
+    try:
+        yield out
+    finally:
+        out[0] = time.perf_counter() - t0
+        out[1] = server.cpu_seconds_precise() - cpu0
+
+
 async def b4_idle_cpu(target: Target, sockets: int = 2000, idle: float = 10.0) -> Result:
+    """Idle sockets, no heartbeats: the server runs with FLOWGATE_WS_PING_INTERVAL=3600 (both
+    servers read it), so nothing but the server's own timers runs in the window."""
     clients, errors = await open_clients(target, sockets, None, PING, PONG, 16)
     try:
         await asyncio.sleep(1.0)
-        with measure(target.server) as window:
+        pings0 = sum(c.pings for c in clients)
+        with measure(target.server) as window, precise_cpu(target.server) as cpu:
             await asyncio.sleep(idle)
+        pings = sum(c.pings for c in clients) - pings0
         alive = sum(1 for c in clients if c.close_code is None)
     finally:
         await close_clients(clients, graceful=False)
+    wall, used = cpu
     figures = window.figures()
     return Result(
-        errors=errors + (len(clients) - alive),
+        errors=errors + (len(clients) - alive) + pings,  # a ping here would be a bug
         figures={
-            "idle_cpu_pct": figures["server_cpu_pct"],
-            "idle_cpu_us_per_socket_s": 1e6 * window.server_cpu / window.wall / max(1, alive),
+            "idle_cpu_pct": 100.0 * used / wall,
+            "idle_cpu_us_per_socket_s": 1e6 * used / wall / max(1, alive),
+            "pings_in_window": float(pings),
             **figures,
+            "server_cpu_pct": 100.0 * used / wall,
+        },
+    )
+
+
+async def b4h_heartbeats(
+    target: Target, sockets: int = 2000, periods: int = 1, baseline: float = 8.0
+) -> Result:
+    """The cost of heartbeats at the default FLOWGATE_WS_PING_INTERVAL (20 s), apart from idle
+    CPU. Sockets opened; then a ping-free baseline window (it ends before the first socket's
+    first ping is due); then a window of exactly ``periods`` ping intervals, which holds
+    ``periods`` pings of every socket whatever its phase (all were open before it began).
+    Heartbeat cost = (CPU in that window - baseline rate x its length) / pings counted."""
+    from app.infra.settings import load_settings
+
+    interval = load_settings().ws_ping_interval  # the default: the bench does not set it
+    first_open = time.perf_counter()
+    clients, errors = await open_clients(target, sockets, None, PING, PONG, 16)
+    try:
+        await asyncio.sleep(0.5)
+        # Baseline: until 1 s before the first socket's first ping, at most ``baseline`` s.
+        length = min(baseline, first_open + interval - 1.0 - time.perf_counter())
+        base_rate = float("nan")
+        pings0 = sum(c.pings for c in clients)
+        if length >= 2.0:
+            with precise_cpu(target.server) as cpu:
+                await asyncio.sleep(length)
+            base_rate = cpu[1] / cpu[0]
+        early = sum(c.pings for c in clients) - pings0  # should be 0
+        pings0 = sum(c.pings for c in clients)
+        with measure(target.server) as window, precise_cpu(target.server) as cpu:
+            await asyncio.sleep(periods * interval)
+        pings = sum(c.pings for c in clients) - pings0
+        alive = sum(1 for c in clients if c.close_code is None)
+    finally:
+        await close_clients(clients, graceful=False)
+    wall, used = cpu
+    heartbeat_cpu = used - base_rate * wall
+    return Result(
+        errors=errors + (len(clients) - alive) + early,
+        figures={
+            "heartbeat_us_per_ping": 1e6 * heartbeat_cpu / max(1, pings),
+            "heartbeat_cpu_pct": 100.0 * used / wall,
+            "heartbeat_baseline_cpu_pct": 100.0 * base_rate,
+            "pings_per_socket": pings / max(1, alive),
+            "ping_interval_s": interval,
+            **window.figures(),
+            "server_cpu_pct": 100.0 * used / wall,
         },
     )
 
@@ -372,6 +510,27 @@ _STREAM = b'{"type":"stream"'
 _END = b'{"type":"end"'
 _CLOSE = b'{"type":"close"'
 _ERROR = b'{"type":"error"'
+
+
+class _Seq(msgspec.Struct):
+    type: str = ""
+    turn_id: str | None = None
+    seq: int | None = None
+    first_seq: int | None = None
+
+
+_decode_seq = msgspec.json.Decoder(_Seq).decode
+
+
+def _pieces(data: bytes) -> int:
+    """Pieces in a ``stream`` frame: one, or ``seq - first_seq + 1`` when the frame joins
+    several (a frame covering positions first_seq..seq)."""
+    if b'"first_seq":' not in data:
+        return 1
+    frame = _decode_seq(data)
+    if frame.first_seq is None or frame.seq is None:
+        return 1
+    return frame.seq - frame.first_seq + 1
 
 
 class _End(msgspec.Struct):
@@ -394,7 +553,7 @@ async def _turn(client: WSClient) -> tuple[float | None, int, int, bool]:
             return None, 0, frames, False  # refused before it started: no end will come
         if data.startswith(_STREAM):
             started = True
-            pieces += 1
+            pieces += _pieces(data)
             if first is None:
                 first = time.perf_counter() - t0
         elif data.startswith(b'{"type":"start"'):
@@ -439,13 +598,351 @@ async def b5_streaming(target: Target, chats: int = 100, rounds: int = 3) -> Res
     return result
 
 
+# -- STORM: a reconnect storm after SIGTERM ---------------------------------------------------
+
+
+async def storm_reconnects(
+    target: Target, sockets: int = 2000, in_flight: int = 512, attempts: int = 20,
+    open_concurrency: int = 16,
+) -> Result:
+    """``sockets`` chat sockets on server A (each its own chat, so each known to the backend);
+    server B, a freshly started process on the same backend and another port, is started
+    first (a load balancer about to move the traffic). SIGTERM to A: every socket is closed
+    1012 and its client reconnects to B at once, up to ``in_flight`` connects in flight (a
+    fleet of clients), retrying a refusal (refused handshake, close 1013/1012, reset) up to
+    ``attempts`` times with a short backoff. Admitted = B answered ``ping`` with ``pong`` on
+    the chat socket (the echo answers anything). Figure: seconds from SIGTERM until all are
+    admitted. A then exits; B takes its place for the next scenarios."""
+    a = target.server
+    b = a.sibling(_log_beside(a, "storm"))
+    b.start()
+    try:
+        chats = target.new_chats(sockets)
+        opened, errors = await _open_paths(target, a.port, target.chat_paths(chats, None),
+                                           open_concurrency)
+        # Each socket reconnects to its own chat, with a new token of its owner (made now,
+        # not inside the timed storm).
+        again_all = target.chat_paths(chats, None)
+        clients = [client for _, client in opened]
+        again = [again_all[i] for i, _ in opened]
+        await asyncio.sleep(1.0)
+        in_flight_sem = asyncio.Semaphore(in_flight)
+        codes: dict[int | None, int] = {}
+        refused = 0
+        failed = 0
+        reconnect_s: list[float] = []
+        admitted_at: list[float] = []
+        closed_at: list[float] = []
+        reconnected: list[WSClient] = []
+
+        async def move(client: WSClient, path: str) -> None:
+            nonlocal refused, failed
+            code = await client.wait_closed(timeout=60)
+            codes[code] = codes.get(code, 0) + 1
+            closed = time.perf_counter()
+            closed_at.append(closed)
+            for attempt in range(attempts):
+                async with in_flight_sem:
+                    try:
+                        reconnected.append(await _open_one(b.port, path, PING, PONG))
+                        now = time.perf_counter()
+                        admitted_at.append(now)
+                        reconnect_s.append(now - closed)
+                        return
+                    except (OSError, TimeoutError, ConnectionError):
+                        refused += 1
+                # Backoff 50 ms doubling to 1 s, outside the in-flight limit.
+                await asyncio.sleep(min(1.0, 0.05 * 2**attempt))
+            failed += 1
+
+        movers = [asyncio.create_task(move(c, p)) for c, p in zip(clients, again, strict=True)]
+        with measure(b) as window:
+            a_cpu = [a.cpu_seconds()]
+            sigterm = time.perf_counter()
+            a.sigterm()
+            exited = asyncio.create_task(_exit_time(a, 60.0, a_cpu))
+            await asyncio.gather(*movers)
+        a_exit = await exited
+        await close_clients(reconnected, graceful=False)
+        storm = (max(admitted_at) - sigterm) if len(admitted_at) == len(clients) else float("nan")
+        result = Result(errors=errors + failed, figures={
+            "storm_s": storm,
+            "storm_reconnect_p50_ms": 1e3 * percentile(reconnect_s, 50),
+            "storm_reconnect_p99_ms": 1e3 * percentile(reconnect_s, 99),
+            # When A had closed its last socket, and when its process had exited.
+            "storm_last_close_s": max(closed_at, default=float("nan")) - sigterm,
+            "storm_a_exit_s": a_exit - sigterm if a_exit is not None else float("nan"),
+            # A's CPU from SIGTERM to its exit: both processes share the servers' core.
+            "storm_a_cpu_s": a_cpu[-1] - a_cpu[0],
+            "storm_refused": float(refused),
+            "storm_not_1012": float(sum(n for code, n in codes.items() if code != 1012)),
+            "storm_admitted_per_s": len(admitted_at) / max(1e-9, max(admitted_at, default=sigterm) - sigterm),
+            **window.figures(),
+        })
+        if any(code != 1012 for code in codes):
+            print(f"    {target.name}: close codes at SIGTERM {codes}")
+        return result
+    finally:
+        # A has exited (or is killed now); B becomes the target's server.
+        a.adopt(b)
+
+
+def _log_beside(server: Server, what: str) -> Path:
+    """A new log file for a second process of ``server``'s (named after the first one's
+    log, which is a storm's log once a storm has replaced the process)."""
+    stem = server.log_path.stem.split("-storm")[0].split("-b6")[0]
+    return server.log_path.with_name(f"{stem}-{what}{next(_counter)}.log")
+
+
+async def _exit_time(server: Server, timeout: float, cpu: list[float]) -> float | None:
+    """When the server's process was seen to have exited (polled every 10 ms, bounded);
+    ``cpu`` gets the last CPU seconds read while it still ran (its drain shares the core)."""
+    deadline = time.perf_counter() + timeout
+    while server.proc is not None and time.perf_counter() < deadline:
+        with contextlib.suppress(psutil.Error, AssertionError):
+            cpu.append(server.cpu_seconds())
+        if server.proc.poll() is not None:
+            return time.perf_counter()
+        await asyncio.sleep(0.01)
+    return None
+
+
+async def _open_paths(target: Target, port: int, paths: list[str], concurrency: int,
+                      ) -> tuple[list[tuple[int, WSClient]], int]:
+    """Chat sockets on ``port``, one ``ping`` answered each: (index of its path, socket) for
+    those opened, and how many failed."""
+    clients: list[tuple[int, WSClient]] = []
+    errors = 0
+    queue = iter(enumerate(paths))
+
+    async def worker() -> None:
+        nonlocal errors
+        for i, path in queue:
+            try:
+                clients.append((i, await _open_one(port, path, PING, PONG)))
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                errors += 1
+                if errors <= 3:
+                    print(f"    {target.name}: open failed: {exc}")
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return clients, errors
+
+
+# -- B6: two processes, one chat socket on each -------------------------------------------------
+
+#: B6's model: 5 ms before each of the 200 pieces, about an LLM's speed (200 pieces/s per
+#: turn), so that C concurrent chats are a known load (~C x 200 pieces/s) below saturation.
+B6_PIECE_DELAY = 0.005
+
+
+class StampedClient(WSClient):
+    """A client that keeps each message's arrival time (taken in ``data_received``, when the
+    bytes reach the load generator, not when a task gets round to reading them)."""
+
+    __slots__ = ("last_stamp", "stamps")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stamps: collections.deque[float] = collections.deque()
+        self.last_stamp = 0.0
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        before = len(self._messages)
+        super().data_received(data)
+        self.stamps.extend(itertools.repeat(now, len(self._messages) - before))
+
+    async def recv(self, timeout: float | None = None) -> bytes:
+        data = await super().recv(timeout)
+        self.last_stamp = self.stamps.popleft()
+        return data
+
+
+def _record(data: bytes, at: float, seen: dict[tuple[str, int], float]) -> _Seq:
+    """Arrival time of each piece position a ``stream`` frame covers (first_seq..seq)."""
+    frame = _decode_seq(data)
+    if frame.type == "stream" and frame.seq is not None and frame.turn_id is not None:
+        first = frame.first_seq if frame.first_seq is not None else frame.seq
+        for pos in range(first, frame.seq + 1):
+            seen[(frame.turn_id, pos)] = at
+    return frame
+
+
+async def _stamped_pair(a_port: int, b_port: int, path_a: str, path_b: str,
+                        ) -> tuple[StampedClient, StampedClient]:
+    pair = []
+    for port, path in ((a_port, path_a), (b_port, path_b)):  # A first: it claims the chat
+        client = await StampedClient.connect(port, path, timeout=30)
+        client.send(PING)
+        if await client.recv(timeout=30) != PONG:
+            client.abort()
+            raise ConnectionError(f"no pong on port {port} (close {client.close_code})")
+        pair.append(client)
+    return pair[0], pair[1]
+
+
+async def _b6_load(target: Target, b: Server, flow_id: str, chats: int, turns: int,
+                   ) -> tuple[dict[str, float], int]:
+    a = target.server
+    ids = target.new_chats(chats)
+    paths_a, paths_b = target.chat_paths(ids, None, flow_id), target.chat_paths(ids, None, flow_id)
+    pairs: list[tuple[StampedClient, StampedClient]] = []
+    errors = 0
+    queue = iter(zip(paths_a, paths_b, strict=True))
+
+    async def opener() -> None:
+        nonlocal errors
+        for pa, pb in queue:
+            try:
+                pairs.append(await _stamped_pair(a.port, b.port, pa, pb))
+            except (OSError, TimeoutError, ConnectionError) as exc:
+                errors += 1
+                if errors <= 3:
+                    print(f"    B6: open failed: {exc}")
+
+    await asyncio.gather(*(opener() for _ in range(8)))
+    on_a: dict[tuple[str, int], float] = {}
+    on_b: dict[tuple[str, int], float] = {}
+    b_frames = 0
+    refused = 0
+
+    async def sender(client: StampedClient) -> None:
+        nonlocal refused
+        for _ in range(turns):
+            client.send(CHAT)
+            started = False
+            while True:  # to this turn's close (bounded by the scenario deadline)
+                data = await client.recv()
+                frame = _record(data, client.last_stamp, on_a)
+                if frame.type in ("begin", "start"):
+                    started = True
+                elif frame.type == "error" and not started:
+                    refused += 1  # e.g. busy: this turn did not start
+                    break
+                elif frame.type == "close":
+                    break
+
+    async def watcher(client: StampedClient) -> None:
+        nonlocal b_frames
+        closes = 0
+        while closes < turns:
+            data = await client.recv()
+            b_frames += 1
+            if _record(data, client.last_stamp, on_b).type == "close":
+                closes += 1
+
+    watchers = [asyncio.create_task(watcher(cb)) for _, cb in pairs]
+    try:
+        with measure(a) as window:
+            await asyncio.gather(*(sender(ca) for ca, _ in pairs))
+            # B's copies of the last pieces: at most 10 s more.
+            late = (await asyncio.wait(watchers, timeout=10.0))[1] if watchers else set()
+    finally:
+        for task in watchers:
+            task.cancel()
+        await close_clients([c for pair in pairs for c in pair], graceful=False)
+    delays = [on_b[key] - at for key, at in on_a.items() if key in on_b]
+    missing = sum(1 for key in on_a if key not in on_b)
+    return {
+        "pieces_per_s_on_b": sum(1 for key in on_b) / window.wall,
+        "frames_per_s_on_b": b_frames / window.wall,
+        "delay_p50_ms": 1e3 * percentile(delays, 50),
+        "delay_p99_ms": 1e3 * percentile(delays, 99),
+        "delay_max_ms": 1e3 * max(delays, default=float("nan")),
+        "pieces_missing_on_b": float(missing),
+        "turns_refused": float(refused),
+        "chats": float(len(pairs)),
+        **window.figures(),
+    }, errors + missing + refused + len(late)
+
+
+async def b6_cross_process(
+    target: Target, loads: tuple[int, ...] = (10, 30), turns: int = 3,
+    delay: float = B6_PIECE_DELAY,
+) -> Result:
+    """Two flowgate processes on the same PostgreSQL + Redis: A = the target's server (on the
+    servers' core), B = a second process started here on the load generator's core. For each
+    of C chats a socket on A sends the turns (one after another) and a socket of the same chat
+    on B watches. Delay = arrival on B - arrival on A of each piece (same client clock): how
+    far the other process's copy trails the local one. ``loads``: C for each level; figures of
+    the first level are prefixed ``lo_``, of the second ``hi_``."""
+    from bench import servers as servers_mod
+
+    a = target.server
+    flow_id = servers_mod.create_flow(a.env | a.extra_env,
+                                      a.log_path.with_name("graph-b6.json"), "bench-b6", delay)
+    b = a.sibling(_log_beside(a, "b6"),
+                  pin=frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
+    b.start()
+    result = Result()
+    try:
+        # Warm-up: one turn seen on both processes (graph compiled, pools and channels open).
+        await _b6_load(target, b, flow_id, 2, 1)
+        for prefix, chats in zip(("lo_", "hi_"), loads, strict=False):
+            figures, errors = await _b6_load(target, b, flow_id, chats, turns)
+            result.errors += errors
+            result.figures |= {prefix + k: v for k, v in figures.items()}
+            if prefix == "lo_":  # the window columns of the table: the target's load
+                result.figures |= {k: v for k, v in figures.items() if k.endswith("_cpu_pct")}
+    finally:
+        b.stop()
+    return result
+
+
+# -- CLI: start-up of the command line --------------------------------------------------------
+
+
+async def cli_startup(target: Target, runs: int = 7) -> Result:
+    """``python -m app --help`` and ``python -m app flows list`` (with the backend's env) as
+    processes, pinned to the servers' core (idle at that moment), ``runs`` timed runs each
+    after one untimed one; min and median wall seconds."""
+    import subprocess
+    import sys
+
+    from bench.servers import ROOT
+
+    server = target.server
+    env = server.env | server.extra_env
+    pin = server.pin
+    result = Result()
+
+    def once(args: list[str]) -> float:
+        t0 = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "app", *args], env=env, cwd=ROOT, capture_output=True,
+            timeout=60, check=False,
+            preexec_fn=(lambda: os.sched_setaffinity(0, pin)) if pin else None,
+        )
+        took = time.perf_counter() - t0
+        if done.returncode != 0:
+            result.errors += 1
+            print(f"    app {' '.join(args)} failed: {done.stderr[-300:]!r}")
+        return took
+
+    for name, args in (("help", ["--help"]), ("flows_list", ["flows", "list"])):
+        await asyncio.to_thread(once, args)  # untimed: page cache, bytecode
+        times = [await asyncio.to_thread(once, args) for _ in range(runs)]
+        result.figures |= {f"cli_{name}_min_s": min(times),
+                           f"cli_{name}_median_s": statistics.median(times)}
+    return result
+
+
 SCENARIOS: dict[str, Callable[..., Awaitable[Result]]] = {
     "B1": b1_round_trips,
     "B2": b2_connects,
+    "B2R": b2r_reconnects,
     "B3": b3_idle_memory,
     "B4": b4_idle_cpu,
+    "B4H": b4h_heartbeats,
     "B5": b5_streaming,
+    "STORM": storm_reconnects,
+    "B6": b6_cross_process,
+    "CLI": cli_startup,
 }
+#: Scenarios measured on flowgate alone (no echo pair): B6 needs two flowgate processes on one
+#: backend; the echo has no command line.
+SOLO = {"B6", "CLI"}
 
 
 async def run_scenario(scenario: str, target: Target, **options: Any) -> Result:

@@ -174,9 +174,13 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> str:
 def prepare_flowgate(env: dict[str, str], workdir: Path) -> str:
     """Migrate the backend and create the benchmark's online flow; its id."""
     run_cli(env, "database", "upgrade", "--no-prompt")
-    graph_file = workdir / "graph.json"
-    graph_file.write_text(json.dumps(graph()))
-    out = run_cli(env, "flows", "create", "--name", "bench", "--owner", "bench-owner",
+    return create_flow(env, workdir / "graph.json", "bench")
+
+
+def create_flow(env: dict[str, str], graph_file: Path, name: str, delay: float = 0) -> str:
+    """An online flow of :func:`bench.graph.graph` (``delay`` s before each piece); its id."""
+    graph_file.write_text(json.dumps(graph(delay)))
+    out = run_cli(env, "flows", "create", "--name", name, "--owner", "bench-owner",
                   "--graph", str(graph_file), "--online")
     return out.splitlines()[-1].strip()
 
@@ -191,6 +195,8 @@ class Server:
     pin: frozenset[int] | None
     log_path: Path
     port: int = 0
+    #: Settings of this process on top of ``env`` (a scenario's, e.g. B4's ping interval).
+    extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     ps: psutil.Process | None = None
     #: With ``--profile``: py-spy samples each measured window into files named after this.
@@ -219,7 +225,7 @@ class Server:
         preexec = (lambda: os.sched_setaffinity(0, pin)) if pin else None
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            self.command(), env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            self.command(), env=self.env | self.extra_env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             preexec_fn=preexec, start_new_session=True,
         )
         log.close()
@@ -250,9 +256,34 @@ class Server:
         self.proc = None
         self.ps = None
 
-    def restart(self) -> None:
+    def restart(self, extra_env: dict[str, str] | None = None) -> None:
+        if extra_env is not None:
+            self.extra_env = dict(extra_env)
         self.stop()
         self.start()
+
+    def ensure_env(self, extra_env: dict[str, str]) -> None:
+        """Restart with ``extra_env`` unless the running process already has it."""
+        if self.proc is None or extra_env != self.extra_env:
+            self.restart(extra_env)
+
+    def sibling(self, log_path: Path, pin: frozenset[int] | None = None) -> Server:
+        """Another (not yet started) process of the same kind and settings: the second
+        process of B6, or the one a reconnect storm moves to."""
+        return Server(self.kind, self.env, self.ws, pin if pin is not None else self.pin,
+                      log_path, extra_env=dict(self.extra_env))
+
+    def sigterm(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+
+    def adopt(self, other: Server) -> None:
+        """Become ``other``'s process (after a storm moved the traffic there): this one must
+        have exited. Saves starting a third process."""
+        self.stop()
+        self.proc, self.ps, self.port, self.log_path = other.proc, other.ps, other.port, other.log_path
+        self.extra_env = other.extra_env
+        other.proc = other.ps = None
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -264,6 +295,21 @@ class Server:
         assert self.ps is not None
         t = self.ps.cpu_times()
         return t.user + t.system
+
+    def cpu_seconds_precise(self) -> float:
+        """CPU time of the live threads from /proc/<pid>/task/*/schedstat (nanoseconds), where
+        ``cpu_seconds`` counts 10 ms clock ticks: an idle window of a few seconds at ~0.3 % of
+        a core is only a few ticks. Threads that exit during a window are lost, so this is
+        used only where the server starts no threads (B4); psutil's figure elsewhere."""
+        total = 0
+        try:
+            tasks = os.listdir(f"/proc/{self.pid}/task")
+            for tid in tasks:
+                with contextlib.suppress(OSError), open(f"/proc/{self.pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+        except OSError:
+            return self.cpu_seconds()
+        return total / 1e9
 
     def rss(self) -> int:
         assert self.ps is not None

@@ -43,15 +43,16 @@ def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
 CLOSE_FRAME = client_frame(struct.pack("!H", 1000), opcode=0x8)
 
 
-class ConnectionClosed(Exception):
-    pass
+class ConnectionClosed(ConnectionError):
+    """The socket closed (``args[0]`` is the close code); a ConnectionError, so that every
+    scenario's ``except ConnectionError`` counts it as a failed connect instead of dying."""
 
 
 class WSClient(asyncio.Protocol):
     """One connection. ``recv()`` returns the payload of the next text/binary message."""
 
     __slots__ = (
-        "_buf", "_closed", "_handshake", "_messages", "_waiter", "close_code", "transport",
+        "_buf", "_closed", "_handshake", "_messages", "_waiter", "close_code", "pings", "transport",
     )
 
     def __init__(self) -> None:
@@ -62,6 +63,7 @@ class WSClient(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
         self.close_code: int | None = None
+        self.pings = 0  # the server's heartbeats answered (B4H counts them)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -120,6 +122,16 @@ class WSClient(asyncio.Protocol):
             pass
         finally:
             self.abort()
+
+    async def wait_closed(self, timeout: float) -> int | None:
+        """Until the server closes (or the stream ends), at most ``timeout`` s; the close code."""
+        if self._closed is not None and not self._closed.done():
+            try:
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self._closed)
+            except TimeoutError:
+                pass
+        return self.close_code
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -190,6 +202,7 @@ class WSClient(asyncio.Protocol):
                     self._closed.set_result(None)
                 got = True
             elif opcode == 0x9 and self.transport is not None:
+                self.pings += 1
                 self.transport.write(client_frame(payload, opcode=0xA))
         if pos:
             del buf[:pos]
