@@ -16,6 +16,7 @@ import pytest
 
 from app.infra.redis.client import AnyRedis, make_redis
 from app.infra.sql.config import make_sqlalchemy_config
+from app.infra.sql.repositories import SqlChatRepository
 from app.infra.sql.sessions import SessionMaker
 
 FAKE, SQLITE, POSTGRESQL, REDIS = "fake", "sqlite", "postgresql", "redis"
@@ -39,6 +40,12 @@ class Clients:
         config = make_sqlalchemy_config(database_url)
         self._closers.append(config.get_engine().dispose)
         return config.create_session_maker()
+
+    def sql_chats(self, database_url: str) -> SqlChatRepository:
+        """The SQL chat repository, closed (its held connections returned) before its engine."""
+        chats = SqlChatRepository(self.sql_sessions(database_url))
+        self._closers.append(chats.aclose)
+        return chats
 
     def redis(self, url: str, *, cluster: bool = False) -> AnyRedis:
         client = make_redis(url, cluster=cluster)

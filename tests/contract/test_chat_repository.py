@@ -15,7 +15,6 @@ from polyfactory.factories.msgspec_factory import MsgspecFactory
 from app.domain.chats import Category, ChatSession, MessageStatus, NewMessage
 from app.domain.errors import StoreUnavailable
 from app.domain.ports import ChatRepository
-from app.infra.sql.repositories import SqlChatRepository
 from app.testing import FakeChatRepository
 from tests.contract.conftest import (
     CALL_TIMEOUT,
@@ -48,7 +47,7 @@ def open_chats(request: pytest.FixtureRequest, clients: Clients) -> OpenChats:
         fake = FakeChatRepository()
         return lambda: fake
     url = database_url(request, request.param)
-    return lambda: SqlChatRepository(clients.sql_sessions(url))
+    return lambda: clients.sql_chats(url)
 
 
 @pytest.fixture
@@ -65,7 +64,7 @@ def unreachable_chats(
         fake.down = True
         return fake
     url = unreachable_database_url(request.param, tmp_path)
-    return SqlChatRepository(clients.sql_sessions(url))
+    return clients.sql_chats(url)
 
 
 async def add_messages(chats: ChatRepository, chat_id: str, count: int) -> list[int]:

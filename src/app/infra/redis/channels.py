@@ -145,9 +145,7 @@ def _without_health_checks(redis: Redis) -> Redis:
     """
     pool = redis.connection_pool
     options = dict(pool.connection_kwargs, health_check_interval=0)
-    return Redis(
-        connection_pool=ConnectionPool(connection_class=pool.connection_class, **options)
-    )
+    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **options))
 
 
 class _Subscriber:

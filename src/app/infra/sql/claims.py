@@ -6,11 +6,11 @@ statement that claims the new ids and reads the owners of the known ones at once
 
 - PostgreSQL: ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING`` in a CTE,
   with the owners of the ids that were already taken read in the same statement (one round
-  trip whatever the mix). The statement is sent with the driver's own ``fetch`` on a
-  connection of SQLAlchemy's pool, outside a transaction (one statement is atomic by itself):
-  in the benchmark SQLAlchemy's execution layer (greenlet hop, cursor adapter, result
-  wrapping, BEGIN and COMMIT) cost as much CPU as the driver did per claim, and the
-  ``AsyncSession`` twice that again.
+  trip whatever the mix). The statement is sent with the driver's own ``fetch`` on a lane
+  (:mod:`app.infra.sql.lanes`: a pooled connection kept checked out), outside a transaction
+  (one statement is atomic by itself): in the benchmark SQLAlchemy's execution layer (pool
+  checkout, greenlet hop, cursor adapter, result wrapping, BEGIN and COMMIT) cost twice the
+  driver's CPU per claim, and the ``AsyncSession`` twice that again (``bench/claim_cost.py``).
 - SQLite (embedded, one process): the insert and, for ids that were taken, a select, in one
   transaction through SQLAlchemy Core; a "round trip" there is a hop to aiosqlite's thread.
 
@@ -25,12 +25,13 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.domain.chats import ChatSession
 from app.infra.batching import Batcher
+from app.infra.sql.lanes import DriverLanes
 from app.infra.sql.models import ChatSessionRow
-from app.infra.sql.sessions import connection_failure, database_errors_as_unavailable
+from app.infra.sql.sessions import database_errors_as_unavailable
 
 _TABLE = cast(Table, ChatSessionRow.__table__)
 
@@ -70,9 +71,11 @@ _SQLITE_OWNERS = select(_TABLE.c.chat_id, _TABLE.c.flow_id, _TABLE.c.user_id).wh
 class ChatClaims:
     """``await claims.claim(session)``: the chat's owner, ``session`` itself if the id was free."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, lanes: DriverLanes | None = None) -> None:
+        """``lanes``: where PostgreSQL statements run (made for this object if not given)."""
         self._engine = engine
         postgres = engine.dialect.name == "postgresql"
+        self._lanes = lanes or DriverLanes(engine)
         self._batcher: Batcher[ChatSession, ChatSession] = Batcher(
             self._claim_postgres if postgres else self._claim_sqlite
         )
@@ -82,29 +85,26 @@ class ChatClaims:
 
     async def aclose(self) -> None:
         await self._batcher.aclose()
+        await self._lanes.aclose()
 
     async def _claim_postgres(self, asked: Sequence[ChatSession]) -> list[ChatSession]:
         first = _first_of_each_id(asked)
-        with database_errors_as_unavailable():
-            async with self._engine.connect() as connection:
-                driver = await _driver_connection(connection)
-                try:
-                    rows = await driver.fetch(
-                        _POSTGRES_CLAIM,
-                        [s.chat_id for s in first],
-                        [s.flow_id for s in first],
-                        [s.user_id for s in first],
-                        datetime.now(UTC),
-                    )
-                    owners = _owners(rows)
-                    missing = [s.chat_id for s in first if s.chat_id not in owners]
-                    if missing:  # inserted meanwhile by a transaction that has now committed
-                        owners.update(_owners(await driver.fetch(_POSTGRES_OWNERS, missing)))
-                except Exception as exc:
-                    # Sent past SQLAlchemy, so it did not see a dead connection: tell the pool.
-                    if connection_failure(exc) is not None:
-                        await connection.invalidate(exc)
-                    raise
+
+        async def claim(driver: Any) -> dict[str, ChatSession]:
+            rows = await driver.fetch(
+                _POSTGRES_CLAIM,
+                [s.chat_id for s in first],
+                [s.flow_id for s in first],
+                [s.user_id for s in first],
+                datetime.now(UTC),
+            )
+            owners = _owners(rows)
+            missing = [s.chat_id for s in first if s.chat_id not in owners]
+            if missing:  # inserted meanwhile by a transaction that has now committed
+                owners.update(_owners(await driver.fetch(_POSTGRES_OWNERS, missing)))
+            return owners
+
+        owners = await self._lanes.run(claim)
         return [owners[s.chat_id] for s in asked]
 
     async def _claim_sqlite(self, asked: Sequence[ChatSession]) -> list[ChatSession]:
@@ -143,9 +143,3 @@ def _first_of_each_id(asked: Sequence[ChatSession]) -> list[ChatSession]:
 
 def _owners(rows: Sequence[Any]) -> dict[str, ChatSession]:
     return {row[0]: ChatSession(chat_id=row[0], flow_id=row[1], user_id=row[2]) for row in rows}
-
-
-async def _driver_connection(connection: AsyncConnection) -> Any:
-    """asyncpg's own connection under SQLAlchemy's pooled one."""
-    raw = await connection.get_raw_connection()
-    return raw.driver_connection
