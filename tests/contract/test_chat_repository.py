@@ -8,11 +8,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 from polyfactory import Use
 from polyfactory.factories.msgspec_factory import MsgspecFactory
 
-from app.domain.chats import Category, ChatSession, MessageStatus, NewMessage
+from app.domain.chats import Category, ChatMessage, ChatSession, MessageStatus, NewMessage
 from app.domain.errors import StoreUnavailable
 from app.domain.ports import ChatRepository
 from app.testing import FakeChatRepository
@@ -167,6 +168,47 @@ async def test_an_added_message_reads_back_equal(chats: ChatRepository) -> None:
     )
     assert (stored.status, stored.client_msg_id) == (MessageStatus.STOPPED, "client-1")
     assert await chats.history(new.chat_id, None, 10) == [stored]
+
+
+async def test_a_burst_of_messages_is_stored_once_each_with_its_own_id(
+    open_chats: OpenChats,
+) -> None:
+    """What a hundred turns starting at once store (the PostgreSQL adapter joins them into
+    few statements): each message gets its id, a (turn, category) stored already or asked
+    twice in the burst gets the one stored row, and history has each message once."""
+    first, second = open_chats(), open_chats()
+    chat_id = new_id()
+    stored_before = await first.add_message(NewMessageFactory.build(chat_id=chat_id))
+    fresh = [NewMessageFactory.build(chat_id=chat_id) for _ in range(40)]
+    again = msgspec.structs.replace(stored_before, message="a retry's text")  # same turn+category
+    repeated = NewMessageFactory.build(chat_id=chat_id)
+    asked = [*fresh, _as_new(again), repeated, repeated]
+
+    async with asyncio.timeout(CALL_TIMEOUT):
+        results = await asyncio.gather(*(second.add_message(m) for m in asked))
+
+    ids = [r.id for r in results]
+    assert len(set(ids[: len(fresh)])) == len(fresh)
+    assert [r.message for r in results[: len(fresh)]] == [m.message for m in fresh]
+    assert results[len(fresh)].id == stored_before.id
+    assert results[len(fresh)].message == stored_before.message
+    assert results[-1].id == results[-2].id
+    history = await first.history(chat_id, None, 100)
+    assert sorted(m.id for m in history) == sorted({stored_before.id, *ids})
+
+
+def _as_new(message: ChatMessage) -> NewMessage:
+    return NewMessage(
+        chat_id=message.chat_id,
+        flow_id=message.flow_id,
+        user_id=message.user_id,
+        is_bot=message.is_bot,
+        category=message.category,
+        message=message.message,
+        turn_id=message.turn_id,
+        status=message.status,
+        client_msg_id=message.client_msg_id,
+    )
 
 
 async def test_history_pages_newest_first_by_before_id(chats: ChatRepository) -> None:

@@ -84,6 +84,7 @@ class ChatClaims:
         return await self._batcher.submit(session)
 
     async def aclose(self) -> None:
+        """Wait for the claims under way, then return the lanes (shared ones too)."""
         await self._batcher.aclose()
         await self._lanes.aclose()
 

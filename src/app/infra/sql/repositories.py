@@ -25,6 +25,8 @@ from app.domain.chats import Category, ChatMessage, ChatSession, MessageStatus, 
 from app.domain.errors import NotFound
 from app.domain.flows import Flow, FlowStatus, FlowVersion, Graph
 from app.infra.sql.claims import ChatClaims
+from app.infra.sql.lanes import DriverLanes
+from app.infra.sql.message_batches import MessageBatches
 from app.infra.sql.models import ChatMessageRow, ChatSessionRow, FlowRow, FlowVersionRow
 from app.infra.sql.sessions import SessionMaker, unit_of_work
 
@@ -117,10 +119,20 @@ class SqlChatRepository:
     def __init__(self, sessions: SessionMaker, engine: AsyncEngine | None = None) -> None:
         """``engine``: the one ``sessions`` is bound to, if not given."""
         self._sessions = sessions
-        self._claims = ChatClaims(engine or _bound_engine(sessions))
+        engine = engine or _bound_engine(sessions)
+        lanes = DriverLanes(engine)
+        self._claims = ChatClaims(engine, lanes)
+        #: PostgreSQL: concurrent turns' messages in one statement (SQLite: one by one).
+        self._batches = (
+            MessageBatches(lanes, self._add_message_alone)
+            if engine.dialect.name == "postgresql"
+            else None
+        )
 
     async def aclose(self) -> None:
-        """Wait for the claims under way."""
+        """Wait for the claims and messages under way; return the held connections."""
+        if self._batches is not None:
+            await self._batches.aclose()
         await self._claims.aclose()
 
     async def get_session(self, chat_id: str) -> ChatSession | None:
@@ -136,12 +148,17 @@ class SqlChatRepository:
         return await self._claims.claim(session)
 
     async def add_message(self, message: NewMessage) -> ChatMessage:
-        """INSERT ... ON CONFLICT (turn_id, category) DO NOTHING RETURNING id; the stored row
-        only if the turn already had one (a retry, or a second finaliser).
+        """The message stored, or the one its turn had already in its category (a retry, or a
+        second finaliser): storing is idempotent. Two of these per turn, on the hot path of
+        every turn: batched on PostgreSQL (:mod:`app.infra.sql.message_batches`)."""
+        if self._batches is not None:
+            return await self._batches.add(message)
+        return await self._add_message_alone(message)
 
-        Two of these per turn, on the hot path of every turn: Core statements compiled once,
-        where the ORM unit of work cost several times as much.
-        """
+    async def _add_message_alone(self, message: NewMessage) -> ChatMessage:
+        """INSERT ... ON CONFLICT (turn_id, category) DO NOTHING RETURNING id; the stored row
+        only if the turn already had one. Core statements compiled once, where the ORM unit
+        of work cost several times as much."""
         now = datetime.now(UTC)
         values = {
             "chat_id": message.chat_id,
