@@ -52,13 +52,16 @@ class DriverLanes:
         try:
             result = await statement(driver)
         except Exception as exc:
-            if connection_failure(exc) is not None:
-                # Sent past SQLAlchemy, so the pool did not see the connection die: tell it.
-                await connection.invalidate(exc)
-                await connection.close()
-            else:
+            lost = connection_failure(exc) is not None or driver.is_closed()
+            if not lost:
                 self._idle.append(lane)
-            raise
+                raise
+            # Sent past SQLAlchemy, so the pool did not see the connection die: tell it.
+            await connection.invalidate(exc)
+            await connection.close()
+            # asyncpg says "connection is closed" with an InterfaceError, which is also its
+            # error for misuse: a closed connection is what tells the two apart.
+            raise ConnectionError(f"database connection lost: {type(exc).__name__}") from exc
         self._idle.append(lane)
         return result
 
