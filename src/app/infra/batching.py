@@ -22,9 +22,12 @@ Result = TypeVar("Result")
 
 #: Calls joined into one round trip at most (a statement's parameters stay bounded).
 MAX_BATCH = 256
-#: Round trips one batcher keeps in flight; calls arriving while all are busy wait and form
-#: the next batch. More than one, so that a slow statement does not stall every admission.
-MAX_IN_FLIGHT = 4
+#: Round trips one batcher keeps in flight; calls arriving meanwhile wait and form the next
+#: batch. One: in the benchmark (2 cores shared with PostgreSQL and Redis) four in flight made
+#: batches of two or three and cost the stores 50 % more CPU, for lower throughput and a worse
+#: p99. A statement that hangs delays the calls behind it, so the adapters bound their round
+#: trips (``app.infra.sql.lanes``: a statement timeout; Redis: the client's socket timeout).
+MAX_IN_FLIGHT = 1
 
 
 class Batcher(Generic[Item, Result]):

@@ -16,6 +16,7 @@ fresh one, which is safe because every statement sent through lanes is idempoten
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -24,6 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from app.infra.sql.sessions import connection_failure, database_errors_as_unavailable
 
 Result = TypeVar("Result")
+
+#: Seconds a statement on a lane may take (it is one short statement; the database is then
+#: taken for unreachable, and the statement retried once on a fresh connection).
+STATEMENT_TIMEOUT = 5.0
 
 
 class DriverLanes:
@@ -50,7 +55,10 @@ class DriverLanes:
             await connection.close()
             connection, driver = lane = await self._checkout()
         try:
-            result = await statement(driver)
+            # Bounded: the batches behind this one wait for it. A timeout is an OSError, so
+            # the connection is dropped as lost (a hung connection is not reused).
+            async with asyncio.timeout(STATEMENT_TIMEOUT):
+                result = await statement(driver)
         except Exception as exc:
             lost = connection_failure(exc) is not None or driver.is_closed()
             if not lost:
