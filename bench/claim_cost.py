@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from app.domain.chats import ChatSession
 from app.infra.sql.claims import _POSTGRES_CLAIM, ChatClaims
 from app.infra.sql.config import make_plain_sqlalchemy_config
+from app.infra.sql.lanes import DriverLanes
 from app.infra.sql.models import ChatSessionRow
 from app.infra.sql.sessions import unit_of_work
 from bench.servers import _pg_admin
@@ -44,7 +45,8 @@ async def measure(url: str, n: int) -> list[tuple[str, float]]:
     engine = config.get_engine()
     sessions = config.create_session_maker()
     autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-    claims = ChatClaims(engine)
+    lanes = DriverLanes(engine)
+    claims = ChatClaims(engine, lanes)
     run = uuid.uuid4().hex[:8]
     orm_insert = postgresql.insert(ChatSessionRow).on_conflict_do_nothing(index_elements=["chat_id"])
 
@@ -85,6 +87,7 @@ async def measure(url: str, n: int) -> list[tuple[str, float]]:
             await way(i, k)
         results.append((name, (time.process_time() - started) / (rounds * k) * 1e6))
     await claims.aclose()
+    await lanes.aclose()
     await engine.dispose()
     return results
 

@@ -41,6 +41,10 @@ class NewMessage(msgspec.Struct, frozen=True):
     status: MessageStatus | None = None
     client_msg_id: str | None = None
 
+    def stored(self, id_: int, created_at: datetime) -> ChatMessage:
+        """This message as its store keeps it, under the id and time the store gave it."""
+        return ChatMessage(id=id_, created_at=created_at, **msgspec.structs.asdict(self))
+
 
 class ChatMessage(msgspec.Struct, frozen=True):
     id: int

@@ -33,16 +33,10 @@ class CachedFlowRepository:
         self._loading: dict[Hashable, asyncio.Future[Any]] = {}
 
     async def get(self, flow_id: str) -> Flow | None:
-        hit = self._flows.get(flow_id)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
         return await self._load(("flow", flow_id), self._flows, flow_id, self._inner.get)
 
     async def get_version(self, version_id: int) -> FlowVersion | None:
         # Versions never change once saved; only deletion (with their flow) ends them.
-        hit = self._versions.get(version_id)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
         return await self._load(
             ("version", version_id), self._versions, version_id, self._inner.get_version
         )
@@ -54,6 +48,9 @@ class CachedFlowRepository:
         id_: Any,
         query: Callable[[Any], Awaitable[_Value]],
     ) -> _Value:
+        hit = cache.get(id_)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
         loading = self._loading.get(key)
         if loading is None:
             # A task of its own, so that no caller's cancellation cancels the others' query.

@@ -110,11 +110,7 @@ class FakeChatRepository(_Switch):
         for existing in self.messages:
             if existing.turn_id == message.turn_id and existing.category == message.category:
                 return existing
-        stored = ChatMessage(
-            id=next(self._ids),
-            created_at=datetime.now(UTC),
-            **msgspec.structs.asdict(message),
-        )
+        stored = message.stored(next(self._ids), datetime.now(UTC))
         self.messages.append(stored)
         return stored
 

@@ -71,22 +71,21 @@ _SQLITE_OWNERS = select(_TABLE.c.chat_id, _TABLE.c.flow_id, _TABLE.c.user_id).wh
 class ChatClaims:
     """``await claims.claim(session)``: the chat's owner, ``session`` itself if the id was free."""
 
-    def __init__(self, engine: AsyncEngine, lanes: DriverLanes | None = None) -> None:
-        """``lanes``: where PostgreSQL statements run (made for this object if not given)."""
+    def __init__(self, engine: AsyncEngine, lanes: DriverLanes | None) -> None:
+        """``lanes``: where the statements run on PostgreSQL (its owner closes them); None on
+        SQLite."""
         self._engine = engine
-        postgres = engine.dialect.name == "postgresql"
-        self._lanes = lanes or DriverLanes(engine)
+        self._lanes = lanes
         self._batcher: Batcher[ChatSession, ChatSession] = Batcher(
-            self._claim_postgres if postgres else self._claim_sqlite
+            self._claim_sqlite if lanes is None else self._claim_postgres
         )
 
     async def claim(self, session: ChatSession) -> ChatSession:
         return await self._batcher.submit(session)
 
     async def aclose(self) -> None:
-        """Wait for the claims under way, then return the lanes (shared ones too)."""
+        """Wait for the claims under way."""
         await self._batcher.aclose()
-        await self._lanes.aclose()
 
     async def _claim_postgres(self, asked: Sequence[ChatSession]) -> list[ChatSession]:
         first = _first_of_each_id(asked)
@@ -105,6 +104,7 @@ class ChatClaims:
                 owners.update(_owners(await driver.fetch(_POSTGRES_OWNERS, missing)))
             return owners
 
+        assert self._lanes is not None  # the PostgreSQL path
         owners = await self._lanes.run(claim)
         return [owners[s.chat_id] for s in asked]
 

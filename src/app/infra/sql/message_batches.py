@@ -80,21 +80,5 @@ class MessageBatches:
             if new_id is None:  # the turn had this message already, or twice in this batch
                 stored.append(await self._store_one(m))
             else:
-                stored.append(_stored(m, new_id, now))
+                stored.append(m.stored(new_id, now))
         return stored
-
-
-def _stored(m: NewMessage, new_id: int, created_at: datetime) -> ChatMessage:
-    return ChatMessage(
-        id=new_id,
-        chat_id=m.chat_id,
-        flow_id=m.flow_id,
-        user_id=m.user_id,
-        is_bot=m.is_bot,
-        category=m.category,
-        message=m.message,
-        turn_id=m.turn_id,
-        created_at=created_at,
-        status=m.status,
-        client_msg_id=m.client_msg_id,
-    )

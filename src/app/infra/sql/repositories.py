@@ -120,13 +120,12 @@ class SqlChatRepository:
         """``engine``: the one ``sessions`` is bound to, if not given."""
         self._sessions = sessions
         engine = engine or _bound_engine(sessions)
-        lanes = DriverLanes(engine)
-        self._claims = ChatClaims(engine, lanes)
-        #: PostgreSQL: concurrent turns' messages in one statement (SQLite: one by one).
+        #: PostgreSQL: the held connections of the claims and of concurrent turns' messages
+        #: (one statement each per batch); SQLite claims through SQLAlchemy, stores one by one.
+        self._lanes = DriverLanes(engine) if engine.dialect.name == "postgresql" else None
+        self._claims = ChatClaims(engine, self._lanes)
         self._batches = (
-            MessageBatches(lanes, self._add_message_alone)
-            if engine.dialect.name == "postgresql"
-            else None
+            None if self._lanes is None else MessageBatches(self._lanes, self._add_message_alone)
         )
 
     async def aclose(self) -> None:
@@ -134,6 +133,8 @@ class SqlChatRepository:
         if self._batches is not None:
             await self._batches.aclose()
         await self._claims.aclose()
+        if self._lanes is not None:
+            await self._lanes.aclose()
 
     async def get_session(self, chat_id: str) -> ChatSession | None:
         async with unit_of_work(self._sessions) as session:
@@ -179,19 +180,7 @@ class SqlChatRepository:
                 await session.commit()
                 return _message(existing)
             await session.commit()
-        return ChatMessage(
-            id=row[0],
-            chat_id=message.chat_id,
-            flow_id=message.flow_id,
-            user_id=message.user_id,
-            is_bot=message.is_bot,
-            category=message.category,
-            message=message.message,
-            turn_id=message.turn_id,
-            created_at=now,
-            status=message.status,
-            client_msg_id=message.client_msg_id,
-        )
+        return message.stored(row[0], now)
 
     async def messages_of_turn(self, chat_id: str, client_msg_id: str) -> Sequence[ChatMessage]:
         """The messages (question, then answer if stored) of the turn a client id started."""
