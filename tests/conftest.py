@@ -9,6 +9,7 @@ skipped integration test would be a silent hole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -48,6 +49,19 @@ def sqlite_database_url(tmp_path: Path) -> str:
 @pytest.fixture(scope="session")
 def pg_database_url() -> Iterator[str]:
     """A migrated PostgreSQL database of this test session's own, dropped at the end."""
+    with _pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_pg_database_url() -> Iterator[str]:
+    """A migrated PostgreSQL database of this test's own (empty, never analysed)."""
+    with _pg_database() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _pg_database() -> Iterator[str]:
     name = f"flowgate_test_{uuid.uuid4().hex}"
     try:
         asyncio.run(_admin(f'CREATE DATABASE "{name}"'))

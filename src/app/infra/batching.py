@@ -36,6 +36,10 @@ class Batcher(Generic[Item, Result]):
     ``run`` answers a list of results in the order of its items, or raises: then every call of
     that batch raises the same error. A caller that is cancelled leaves its item in the batch
     (the store still does it; nobody waits for the answer).
+
+    ``submit(item, linger=s)`` is for calls nobody is held up by (a closed socket's release):
+    the item rides along with the next batch that goes anyway, or goes after ``s`` seconds at
+    the latest, so that it costs no round trip of its own while calls keep coming.
     """
 
     def __init__(
@@ -48,22 +52,41 @@ class Batcher(Generic[Item, Result]):
         self._run = run
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
-        self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
+        # (item, its future, whether its caller waits on it now)
+        self._pending: list[tuple[Item, asyncio.Future[Result], bool]] = []
+        self._urgent = 0  # how many of the pending are urgent
+        self._due = False  # the lingering items' time is up
+        self._timer: asyncio.TimerHandle | None = None
         self._in_flight = 0
         self._scheduled = False
         # asyncio keeps only weak references to tasks: these are the batches under way.
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, item: Item) -> Result:
+    async def submit(self, item: Item, *, linger: float = 0.0) -> Result:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
-        self._pending.append((item, future))
+        urgent = linger <= 0
+        self._pending.append((item, future, urgent))
+        if urgent:
+            self._urgent += 1
+        elif self._timer is None:
+            self._timer = loop.call_later(linger, self._linger_over, loop)
         self._schedule(loop)
         return await future
 
+    def _linger_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        self._due = True
+        self._schedule(loop)
+
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         # On the next turn of the loop, so that calls made in this one join the same batch.
-        if not self._scheduled and self._pending and self._in_flight < self._max_in_flight:
+        if (
+            not self._scheduled
+            and self._pending
+            and (self._urgent or self._due)
+            and self._in_flight < self._max_in_flight
+        ):
             self._scheduled = True
             loop.call_soon(self._flush, loop)
 
@@ -71,25 +94,31 @@ class Batcher(Generic[Item, Result]):
         self._scheduled = False
         batch = self._pending[: self._max_batch]
         del self._pending[: self._max_batch]
+        self._urgent -= sum(1 for _, _, urgent in batch if urgent)
+        if not self._pending:  # the lingering items, if any, went along
+            self._due = False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         self._in_flight += 1
         task = loop.create_task(self._complete(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._schedule(loop)  # more than one batch waited
 
-    async def _complete(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+    async def _complete(self, batch: list[tuple[Item, asyncio.Future[Result], bool]]) -> None:
         try:
-            results = await self._run([item for item, _ in batch])
+            results = await self._run([item for item, _, _ in batch])
         except asyncio.CancelledError:  # shutting down: nobody gets an answer
-            for _, future in batch:
+            for _, future, _ in batch:
                 future.cancel()
             raise
         except Exception as error:
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(error)
         else:
-            for (_, future), result in zip(batch, results, strict=True):
+            for (_, future, _), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
         finally:
@@ -97,6 +126,14 @@ class Batcher(Generic[Item, Result]):
             self._schedule(asyncio.get_running_loop())
 
     async def aclose(self) -> None:
-        """Wait for the batches under way (their callers are owed an answer)."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Send what lingers now and wait for every batch under way (their callers are owed
+        an answer)."""
+        loop = asyncio.get_running_loop()
+        while self._tasks or self._pending:
+            if self._pending:
+                self._due = True
+                self._schedule(loop)
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            else:
+                await asyncio.sleep(0)  # the flush scheduled above runs

@@ -13,10 +13,11 @@ latest turn record.
   before it ignored, so that processes of either version read each other's frames.
 
 Nothing waits for Redis on the way: appends are queued and written together every
-:data:`FLUSH_DELAY` (one pipeline: records, then per turn one XADD, one PEXPIRE and one
-PUBLISH). While Redis is away the queue is kept and written when it is back; frames of the
-turns still running here are kept until they ended and are written, so that a log Redis lost
-in a restart is written again whole. Both are bounded (:data:`MAX_RETAINED_BYTES`).
+:data:`FLUSH_DELAY` (one pipeline: records, then per turn one XADD and one PUBLISH; the
+stream's PEXPIRE with its first batch). While Redis is away the queue is kept and written when
+it is back; frames of the turns still running here are kept until they ended and are written,
+so that a log Redis lost in a restart is written again whole. Both are bounded
+(:data:`MAX_RETAINED_BYTES`).
 """
 
 from __future__ import annotations
@@ -246,7 +247,12 @@ class RedisTurnLog:
                     payload = b"\n".join(frames)
                     log_key = keys.log(chat_id, turn_id)
                     pipe.xadd(log_key, {b"s": str(start), b"f": payload}, id=f"0-{stop}")
-                    pipe.pexpire(log_key, self._live_ttl_ms)
+                    if start == 0:
+                        # Set once, when the stream is made (or made again after Redis lost
+                        # it): the live TTL outlasts any turn (turn timeout + retry + log
+                        # TTL), and the end sets the final one. A PEXPIRE per batch was a
+                        # third of the commands of a streaming turn.
+                        pipe.pexpire(log_key, self._live_ttl_ms)
                     header = b"%s%s|%s|%d\n" % (FRAME, sent, turn_id.encode(), start)
                     pipe.execute_command(self._publish, keys.channel(chat_id), header + payload)
                 results = await pipe.execute(raise_on_error=False)

@@ -30,6 +30,17 @@ Result = TypeVar("Result")
 #: taken for unreachable, and the statement retried once on a fresh connection).
 STATEMENT_TIMEOUT = 5.0
 
+# Every statement sent on a lane finds its rows by primary key or unique index (a claim, a
+# message insert), and asyncpg prepares each once per connection, so PostgreSQL plans it once
+# and keeps a generic plan for the lane's life. Made while the table was small and not yet
+# analysed (a fresh database, a new deployment's first burst), that plan is a sequential scan
+# and hash join, and it stays one while the table grows: measured at 0.2 ms of PostgreSQL CPU
+# per claim with 2,000 chats, 2.2 ms with 24,000 (linear), until autovacuum's next ANALYZE
+# replans it. With sequential scans priced out the plans are index lookups at any size (flat
+# at 0.15 ms). The setting is the lane's session's only: reset before the pool gets it back.
+_INDEXES_ONLY = "SET enable_seqscan = off"
+_AS_BEFORE = "RESET enable_seqscan"
+
 
 class DriverLanes:
     def __init__(self, engine: AsyncEngine) -> None:
@@ -76,14 +87,20 @@ class DriverLanes:
     async def _checkout(self) -> tuple[AsyncConnection, Any]:
         connection = await self._engine.connect()
         try:
-            raw = await connection.get_raw_connection()
+            driver = (await connection.get_raw_connection()).driver_connection
+            assert driver is not None  # a connection just checked out
+            await driver.execute(_INDEXES_ONLY)
         except BaseException:
             await connection.close()
             raise
-        return connection, raw.driver_connection
+        return connection, driver
 
     async def aclose(self) -> None:
-        """Return every lane to the pool."""
+        """Return every lane to the pool, with the session's planner settings as they were."""
         idle, self._idle = self._idle, []
-        for connection, _ in idle:
+        for connection, driver in idle:
+            try:
+                await driver.execute(_AS_BEFORE)
+            except Exception as exc:  # a connection that cannot say so is not given back
+                await connection.invalidate(exc)
             await connection.close()
