@@ -59,16 +59,20 @@ class DriverLanes:
                 return await self._run_once(statement)  # on a fresh connection
 
     async def _run_once(self, statement: Callable[[Any], Awaitable[Result]]) -> Result:
+        fresh = not self._idle
         lane = self._idle.pop() if self._idle else await self._checkout()
         connection, driver = lane
         if driver.is_closed():  # the server went away while the lane was idle
             await connection.invalidate()
             await connection.close()
             connection, driver = lane = await self._checkout()
+            fresh = True
         try:
             # Bounded: the batches behind this one wait for it. A timeout is an OSError, so
             # the connection is dropped as lost (a hung connection is not reused).
             async with asyncio.timeout(STATEMENT_TIMEOUT):
+                if fresh:  # here, so that a pooled connection found dead is taken for lost
+                    await driver.execute(_INDEXES_ONLY)
                 result = await statement(driver)
         except Exception as exc:
             lost = connection_failure(exc) is not None or driver.is_closed()
@@ -88,8 +92,6 @@ class DriverLanes:
         connection = await self._engine.connect()
         try:
             driver = (await connection.get_raw_connection()).driver_connection
-            assert driver is not None  # a connection just checked out
-            await driver.execute(_INDEXES_ONLY)
         except BaseException:
             await connection.close()
             raise
