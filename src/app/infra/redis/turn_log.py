@@ -13,10 +13,10 @@ latest turn record.
   before it ignored, so that processes of either version read each other's frames.
 
 Nothing waits for Redis on the way: appends are queued and written together every
-:data:`FLUSH_DELAY` (one pipeline: records, then per turn one XADD and one PUBLISH; the
-stream's PEXPIRE with its first batch). While Redis is away the queue is kept and written when
-it is back; frames of the turns still running here are kept until they ended and are written,
-so that a log Redis lost in a restart is written again whole. Both are bounded
+:data:`FLUSH_DELAY` (one pipeline: records, then per turn one XADD and one PUBLISH; the stream's
+PEXPIRE with the first batch this process writes). While Redis is away the queue is kept and
+written when it is back; frames of the turns still running here are kept until they ended and
+are written, so that a log Redis lost in a restart is written again whole. Both are bounded
 (:data:`MAX_RETAINED_BYTES`).
 """
 
@@ -61,6 +61,8 @@ class _Retained:
     frames: list[bytes] = field(default_factory=list)
     #: How many of them Redis is known to hold.
     written: int = 0
+    #: Whether this process has given the stream its live TTL (with its first write here).
+    expires: bool = False
     record: TurnRecord | None = None
     ended: bool = False
     size: int = 0
@@ -243,15 +245,16 @@ class RedisTurnLog:
                             pipe.pexpire(keys.log(op.chat_id, op.turn_id), self._ttl_ms)
                         continue
                     chat_id, turn_id, start, stop = op
-                    frames = self._turns[(chat_id, turn_id)].frames[start:stop]
+                    written_here = self._turns[(chat_id, turn_id)]
+                    frames = written_here.frames[start:stop]
                     payload = b"\n".join(frames)
                     log_key = keys.log(chat_id, turn_id)
                     pipe.xadd(log_key, {b"s": str(start), b"f": payload}, id=f"0-{stop}")
-                    if start == 0:
-                        # Set once, when the stream is made (or made again after Redis lost
-                        # it): the live TTL outlasts any turn (turn timeout + retry + log
-                        # TTL), and the end sets the final one. A PEXPIRE per batch was a
-                        # third of the commands of a streaming turn.
+                    if not written_here.expires:
+                        # Once per stream this process writes (again after Redis lost it):
+                        # the live TTL outlasts any turn (turn timeout + retry + log TTL), and
+                        # the end sets the final one. A PEXPIRE per batch was a third of the
+                        # commands of a streaming turn.
                         pipe.pexpire(log_key, self._live_ttl_ms)
                     header = b"%s%s|%s|%d\n" % (FRAME, sent, turn_id.encode(), start)
                     pipe.execute_command(self._publish, keys.channel(chat_id), header + payload)
@@ -273,6 +276,7 @@ class RedisTurnLog:
                 retained = self._turns.get((chat_id, turn_id))
                 if retained is not None:
                     retained.written = max(retained.written, stop)
+                    retained.expires = True
                     self._forget_if_done((chat_id, turn_id))
 
     def _requeue(self, ops: list[TurnRecord | tuple[str, str, int, int]]) -> None:
@@ -301,7 +305,7 @@ class RedisTurnLog:
             if exists:
                 continue
             logger.warning("turn log of %s lost by Redis: writing it again", turn_id)
-            retained.written = 0
+            retained.written, retained.expires = 0, False
             if retained.record is not None:
                 self._queue.appendleft(retained.record)
             if (chat_id, turn_id) not in self._queued_turns:
