@@ -656,6 +656,11 @@ async def storm_reconnects(
             failed += 1
 
         movers = [asyncio.create_task(move(c, p)) for c, p in zip(clients, again, strict=True)]
+        # --profile: A's drain as well (it shares the servers' core with B), SIGTERM to exit.
+        drain_profile = None
+        if a.profile_to is not None:
+            drain_profile = Profiler(a.pid, a.profile_to.with_name(
+                f"{a.profile_to.stem}-drain-{next(_counter)}.txt"))
         with measure(b) as window:
             a_cpu = [a.cpu_seconds()]
             sigterm = time.perf_counter()
@@ -663,6 +668,9 @@ async def storm_reconnects(
             exited = asyncio.create_task(_exit_time(a, 60.0, a_cpu))
             await asyncio.gather(*movers)
         a_exit = await exited
+        if drain_profile is not None:
+            drain_profile.stop()
+            a.profiles.append(drain_profile.output)
         await close_clients(reconnected, graceful=False)
         storm = (max(admitted_at) - sigterm) if len(admitted_at) == len(clients) else float("nan")
         result = Result(errors=errors + failed, figures={

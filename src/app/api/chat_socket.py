@@ -227,9 +227,33 @@ async def _close(socket: WebSocket, rejection: Rejection, locale: str) -> None: 
 
 @websocket("/api/v1/chat/{flow_id:str}")
 async def chat_endpoint(socket: WebSocket, flow_id: str) -> None:  # type: ignore[type-arg]
-    await serve(socket, flow_id, "chat", socket.app.state.container)
+    try:
+        await serve(socket, flow_id, "chat", socket.app.state.container)
+    finally:
+        unlink(socket)
 
 
 @websocket("/api/v1/chat/{flow_id:str}/{feature:str}")
 async def feature_endpoint(socket: WebSocket, flow_id: str, feature: str) -> None:  # type: ignore[type-arg]
-    await serve(socket, flow_id, feature, socket.app.state.container)
+    try:
+        await serve(socket, flow_id, feature, socket.app.state.container)
+    finally:
+        unlink(socket)
+
+
+def unlink(socket: WebSocket) -> None:  # type: ignore[type-arg]
+    """Break the reference cycle Litestar's socket makes with itself, once it is done.
+
+    ``WebSocket.__init__`` keeps ``send_wrapper``'s and ``receive_wrapper``'s closures, which
+    hold the socket, as its ``send`` and ``receive``: a cycle, which holds the server's
+    callables and through them the whole connection (uvicorn's protocol, its parser, buffers,
+    headers, the transport: about 60 objects). Only the cyclic collector could free them, and
+    in the benchmark it ran for ~8 % of the server's CPU on connects. Without the cycle they
+    go as the handler returns. Litestar does not touch the socket after its handler.
+    """
+    socket.receive = _socket_done
+    socket.send = _socket_done
+
+
+async def _socket_done(*_: object) -> Any:
+    raise RuntimeError("the socket's handler has returned")
