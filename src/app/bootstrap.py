@@ -8,7 +8,6 @@ the services: the server, the CLI and the tests (with fakes) all go through ``co
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -66,7 +65,6 @@ from app.infra.plugins import iter_feature_entry_points, load_node_types
 from app.infra.settings import Settings
 from app.infra.sql.build_store import SqlBuildStore
 from app.infra.sql.config import make_sqlalchemy_config
-from app.infra.sql.health import ping_database
 from app.infra.sql.repositories import SqlChatRepository, SqlFlowRepository
 from app.infra.translate.libretranslate import LibreTranslateTranslator
 from app.infra.translate.llm import ChatModelTranslator
@@ -331,9 +329,9 @@ async def build_adapters(
     engine = sql.get_engine()
     closers.append(engine.dispose)
     sessions = sql.create_session_maker()
-    checks["database"] = functools.partial(ping_database, engine)
     flows = CachedFlowRepository(SqlFlowRepository(sessions), ttl=settings.flow_cache_ttl)
     chats = SqlChatRepository(sessions, engine)
+    checks["database"] = chats.ping
     closers.append(chats.aclose)  # closed before the engine (closers run in reverse)
     verifier = JWTVerifier(settings.jwt, http_client=http)
     chat_model = _chat_model(settings, http)

@@ -16,6 +16,7 @@ from polyfactory.factories.msgspec_factory import MsgspecFactory
 from app.domain.chats import Category, ChatMessage, ChatSession, MessageStatus, NewMessage
 from app.domain.errors import StoreUnavailable
 from app.domain.ports import ChatRepository
+from app.infra.sql.repositories import SqlChatRepository
 from app.testing import FakeChatRepository
 from tests.contract.conftest import (
     CALL_TIMEOUT,
@@ -281,3 +282,21 @@ async def test_an_unreachable_store_raises_store_unavailable(
             await unreachable_chats.add_message(NewMessageFactory.build())
         with pytest.raises(StoreUnavailable):
             await unreachable_chats.history(session.chat_id, None, 10)
+
+
+async def test_the_health_ping_answers(chats: ChatRepository) -> None:
+    if not isinstance(chats, SqlChatRepository):
+        pytest.skip("the health ping is the SQL adapter's (the fake has no database)")
+    async with asyncio.timeout(CALL_TIMEOUT):
+        await chats.ping()
+        await chats.ping()  # again, on the lane the first one returned (PostgreSQL)
+
+
+async def test_the_health_ping_tells_an_unreachable_store(
+    unreachable_chats: ChatRepository,
+) -> None:
+    if not isinstance(unreachable_chats, SqlChatRepository):
+        pytest.skip("the health ping is the SQL adapter's (the fake has no database)")
+    async with asyncio.timeout(CALL_TIMEOUT):
+        with pytest.raises(StoreUnavailable):
+            await unreachable_chats.ping()

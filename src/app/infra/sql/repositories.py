@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 from advanced_alchemy.filters import LimitOffset
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
@@ -25,10 +25,11 @@ from app.domain.chats import Category, ChatMessage, ChatSession, MessageStatus, 
 from app.domain.errors import NotFound
 from app.domain.flows import Flow, FlowStatus, FlowVersion, Graph
 from app.infra.sql.claims import ChatClaims
+from app.infra.sql.health import ping_database
 from app.infra.sql.lanes import DriverLanes
 from app.infra.sql.message_batches import MessageBatches
 from app.infra.sql.models import ChatMessageRow, ChatSessionRow, FlowRow, FlowVersionRow
-from app.infra.sql.sessions import SessionMaker, unit_of_work
+from app.infra.sql.sessions import SessionMaker, database_errors_as_unavailable, unit_of_work
 
 
 class _FlowRows(SQLAlchemyAsyncRepository[FlowRow]):
@@ -122,11 +123,23 @@ class SqlChatRepository:
         engine = engine or _bound_engine(sessions)
         #: PostgreSQL: the held connections of the claims and of concurrent turns' messages
         #: (one statement each per batch); SQLite claims through SQLAlchemy, stores one by one.
+        self._engine = engine
         self._lanes = DriverLanes(engine) if engine.dialect.name == "postgresql" else None
         self._claims = ChatClaims(engine, self._lanes)
         self._batches = (
             None if self._lanes is None else MessageBatches(self._lanes, self._add_message_alone)
         )
+
+    async def ping(self) -> None:
+        """Whether the database answers (the health check, every second): on PostgreSQL a
+        ``SELECT 1`` on a lane, which costs the driver's work only; through the pool, the
+        checkout, the transaction and its reset were most of a check's CPU, which an idle
+        process pays all day."""
+        if self._lanes is None:
+            with database_errors_as_unavailable():
+                await ping_database(self._engine)
+            return
+        await self._lanes.run(_select_one)
 
     async def aclose(self) -> None:
         """Wait for the claims and messages under way; return the held connections."""
@@ -311,3 +324,7 @@ def _message_statements() -> tuple[Executable, Executable]:
 
 
 _MESSAGE_INSERT, _MESSAGE_FIND = _message_statements()
+
+
+async def _select_one(driver: Any) -> None:
+    await driver.execute("SELECT 1")
