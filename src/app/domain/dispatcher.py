@@ -65,6 +65,7 @@ class FrameDispatcher:
         "_feature",
         "_rate",
         "_strikes",
+        "_struck",
         "_timers",
         "_verifier",
     )
@@ -86,7 +87,7 @@ class FrameDispatcher:
         self._allowance = self._capacity
         self._strikes = FLOOD_FACTOR * self._capacity
         self._clock = clock
-        self._checked = clock()
+        self._checked = self._struck = clock()
         self._expiry: _Entry | None = None
         self._timers: _ExpiryTimers
         self._arm_expiry()
@@ -96,18 +97,30 @@ class FrameDispatcher:
 
         A refused frame counts against the flood allowance; once that is spent, -1.
         """
+        # Every frame passes here: comparisons rather than min()/max() calls, and the refusals'
+        # bucket is refilled only when a frame is refused (capping is the same whether the
+        # refills are added one by one or at once, so the result is exactly the same).
         now = self._clock()
-        elapsed = max(0.0, now - self._checked)
+        elapsed = now - self._checked
+        if elapsed < 0.0:
+            elapsed = 0.0
         self._checked = now
-        refill = elapsed * self._rate
-        self._allowance = min(self._capacity, self._allowance + refill)
-        self._strikes = min(FLOOD_FACTOR * self._capacity, self._strikes + refill)
-        if self._allowance >= 1.0:
-            self._allowance -= 1.0
+        allowance = self._allowance + elapsed * self._rate
+        if allowance > self._capacity:
+            allowance = self._capacity
+        if allowance >= 1.0:
+            self._allowance = allowance - 1.0
             return 0.0
-        if self._strikes < 1.0:
+        self._allowance = allowance
+        elapsed = now - self._struck
+        if elapsed < 0.0:
+            elapsed = 0.0
+        self._struck = now
+        strikes = min(FLOOD_FACTOR * self._capacity, self._strikes + elapsed * self._rate)
+        if strikes < 1.0:
+            self._strikes = strikes
             return -1.0
-        self._strikes -= 1.0
+        self._strikes = strikes - 1.0
         # Rounded up, never 0: 0 means "served", and a wait rounded down to 0 (under half a
         # millisecond) once let frames through without spending a token (issue 9: 154 frames
         # answered in 3 s at 20/s). A client that waits exactly this long is served.
