@@ -111,8 +111,14 @@ def _create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
 def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL lets the server read while the CLI writes (and NORMAL sync is safe under WAL);
-    # SQLite enforces foreign keys, hence ON DELETE CASCADE, only when asked to.
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # SQLite enforces foreign keys, hence ON DELETE CASCADE, only when asked to. WAL is kept
+    # in the file, so it is asked for only when the file is not in it yet (a new file): asking
+    # again takes a lock that a second process connecting at the same moment was refused
+    # with "database is locked", without the busy timeout's wait.
+    cursor.execute("PRAGMA journal_mode")
+    (mode,) = cursor.fetchone()
+    if str(mode).lower() != "wal":
+        cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
