@@ -61,3 +61,14 @@ async def test_renewal_loses_to_another_holder_and_retakes_a_vanished_lease(
     assert await one.renew([(taken, "p1/t"), (vanished, "p1/v")], 30) == [False, True]
     assert await two.holder(vanished) == "p1/v"
     assert await two.holder(taken) == "p2/t"
+
+
+async def test_a_refused_acquire_does_not_put_off_the_holders_lapse(
+    nodes: Callable[[], Node],
+) -> None:
+    holder, other = nodes().lease, nodes().lease
+    chat = uuid.uuid4().hex
+    assert await holder.acquire(chat, "p1/t", 0.2)
+    assert not await other.acquire(chat, "p2/t", 30)  # refused: must not move the deadline on
+    await asyncio.sleep(0.4)  # the holder died: no renewal
+    assert chat in await other.lapsed(100)

@@ -36,10 +36,17 @@ class RedisLease:
         self._release = redis.register_script(_RELEASE)
 
     async def acquire(self, chat_id: str, holder: str, ttl: float) -> bool:
+        # One round trip (every turn starts here): the deadline goes with the SET, whether the
+        # SET wins or not. ``LT`` adds it when the chat has none and otherwise only moves it
+        # earlier, so it never puts off another holder's lapse; an earlier score than a live
+        # lease's is harmless (the sweep checks that the lease is gone, and the holder's first
+        # renewal sets its own). Before, a process that died between the SET and the ZADD left
+        # a lease no sweep would find.
         with redis_errors_as_unavailable():
-            taken = await self._redis.set(self._keys.lease(chat_id), holder, nx=True, px=_ms(ttl))
-            if taken:
-                await self._redis.zadd(self._keys.leases, {chat_id: _deadline(ttl)})
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(self._keys.lease(chat_id), holder, nx=True, px=_ms(ttl))
+                pipe.zadd(self._keys.leases, {chat_id: _deadline(ttl)}, lt=True)
+                taken, _ = await pipe.execute()
         return bool(taken)
 
     async def renew(self, held: Sequence[tuple[str, str]], ttl: float) -> list[bool]:
