@@ -284,19 +284,28 @@ async def test_an_unreachable_store_raises_store_unavailable(
             await unreachable_chats.history(session.chat_id, None, 10)
 
 
-async def test_the_health_ping_answers(chats: ChatRepository) -> None:
-    if not isinstance(chats, SqlChatRepository):
-        pytest.skip("the health ping is the SQL adapter's (the fake has no database)")
+@pytest.fixture(params=[backend for backend in SQL_BACKENDS if backend != FAKE])
+def sql_chats(request: pytest.FixtureRequest, clients: Clients) -> SqlChatRepository:
+    """The SQL adapter alone: the health ping is its own (the fake has no database)."""
+    return clients.sql_chats(database_url(request, request.param))
+
+
+@pytest.fixture(params=[backend for backend in SQL_BACKENDS if backend != FAKE])
+def unreachable_sql_chats(
+    request: pytest.FixtureRequest, clients: Clients, tmp_path: Path
+) -> SqlChatRepository:
+    return clients.sql_chats(unreachable_database_url(request.param, tmp_path))
+
+
+async def test_the_health_ping_answers(sql_chats: SqlChatRepository) -> None:
     async with asyncio.timeout(CALL_TIMEOUT):
-        await chats.ping()
-        await chats.ping()  # again, on the lane the first one returned (PostgreSQL)
+        await sql_chats.ping()
+        await sql_chats.ping()  # again, on the lane the first one returned (PostgreSQL)
 
 
 async def test_the_health_ping_tells_an_unreachable_store(
-    unreachable_chats: ChatRepository,
+    unreachable_sql_chats: SqlChatRepository,
 ) -> None:
-    if not isinstance(unreachable_chats, SqlChatRepository):
-        pytest.skip("the health ping is the SQL adapter's (the fake has no database)")
     async with asyncio.timeout(CALL_TIMEOUT):
         with pytest.raises(StoreUnavailable):
-            await unreachable_chats.ping()
+            await unreachable_sql_chats.ping()
