@@ -57,7 +57,7 @@ class GracefulShutdown:
 
     async def _drain_then_hand_on(self, signum: int, frame: FrameType | None) -> None:
         # What lives now (every socket's objects) goes with the process: out of the cyclic
-        # collector's sight, so that a full collection over all of it (a quarter of the
+        # collector's sight, so that a full collection over all of it (a third of the
         # drain's CPU in the reconnect storm, on a core the process taking the sockets over
         # may share) cannot fall in the drain. What the drain itself makes is still collected.
         gc.freeze()
