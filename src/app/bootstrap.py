@@ -370,6 +370,7 @@ async def build_adapters(
     closers.append(redis.aclose)
     checks["redis"] = redis.ping
     keys = RedisKeys(settings.redis_prefix)
+    channels = RedisChannels(redis, keys, origin=origin, metrics=metrics or NO_BUS_METRICS)
     log = RedisTurnLog(
         redis,
         keys,
@@ -379,9 +380,10 @@ async def build_adapters(
         live_ttl=settings.turn_timeout + settings.store_retry + settings.turn_log_ttl,
         cluster=isinstance(redis, RedisCluster),
         metrics=metrics or NO_BUS_METRICS,
+        # A turn's batches go unpublished while no other process listens to its chat.
+        listening=channels.listens,
     )
     closers.append(log.aclose)
-    channels = RedisChannels(redis, keys, origin=origin, metrics=metrics or NO_BUS_METRICS)
     closers.append(channels.aclose)
     counter = RedisConnectionCounter(redis, keys)
     closers.append(counter.aclose)

@@ -72,8 +72,16 @@ async def redis_nodes(
         redis = clients.redis(url, cluster=cluster)
         keys = RedisKeys(prefix)
         origin = uuid.uuid4().hex[:12].encode()
-        log = RedisTurnLog(redis, keys, origin=origin, ttl=TTL, live_ttl=TTL, cluster=cluster)
         channels = RedisChannels(redis, keys, origin=origin)
+        log = RedisTurnLog(
+            redis,
+            keys,
+            origin=origin,
+            ttl=TTL,
+            live_ttl=TTL,
+            cluster=cluster,
+            listening=channels.listens,  # as app.bootstrap composes them
+        )
         counter = RedisConnectionCounter(redis, keys)
         node = Node(
             lease=RedisLease(redis, keys),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -109,3 +110,38 @@ async def test_two_processes_share_a_chat(real_server: Server, twin_server: Serv
         await send(there, {"inputs": {"input": "again"}})
         done = await until(there, "close")
     assert done[-2]["status"] == "complete"
+
+
+async def test_a_socket_that_joins_on_another_process_mid_turn_streams_the_rest(
+    real_server: Server, twin_server: Server
+) -> None:
+    """The turn starts with no other process listening to its chat (its batches then go
+    unpublished); a socket of the chat opened on the other process mid-turn gets every piece
+    from where it joined, in order, live, and the same end."""
+    words = [f"w{n}" for n in range(40)]
+    flow = real_server.create_flow("joiner", scripted_graph(" ".join(words), delay=0.05))
+    token, chat = real_server.token("joiner"), f"c-{uuid.uuid4().hex[:8]}"
+    path = f"/api/v1/chat/{flow}?t={token}&chat_id={chat}"
+    async with opened(real_server.ws + path) as here:
+        assert await ask(here, {"action": "ping"}) == {"type": "pong"}
+        await send(here, {"inputs": {"input": "alone at first"}})
+        seen_here = [await recv(here) for _ in range(8)]  # begin, start, a few pieces
+        async with opened(twin_server.ws + path) as there:
+            assert await ask(there, {"action": "ping"}) == {"type": "pong"}
+            seen_there, arrived = [], []
+            while not seen_there or seen_there[-1]["type"] != "close":
+                seen_there.append(await recv(there))
+                arrived.append(time.monotonic())
+        seen_here += await until(here, "close")
+    pieces = [f for f in seen_there if f["type"] == "stream"]
+    assert len(pieces) >= 10  # it joined with most of the turn still to come
+    # ...and streamed it as it was made (~50 ms a piece), not all at once at the end.
+    streamed = [t for t, f in zip(arrived, seen_there, strict=True) if f["type"] == "stream"]
+    assert streamed[-1] - streamed[0] > 0.5
+    positions: list[int] = []
+    for piece in pieces:
+        positions.extend(range(piece.get("first_seq", piece["seq"]), piece["seq"] + 1))
+    assert positions == list(range(positions[0], positions[-1] + 1))  # no gap, no repeat
+    ends = [f for f in seen_there if f["type"] == "end"]
+    assert ends and ends[-1] == next(f for f in seen_here if f["type"] == "end")
+    assert ends[-1]["status"] == "complete"

@@ -57,6 +57,9 @@ class RedisChannels:
         self._listener: FanOutListener | None = None
         self._control: ControlListener | None = None
         self._channels: set[str] = set()
+        #: Channels whose subscription Redis has confirmed and that were not left since: what
+        #: :meth:`listens` answers (the turn log counts this process out of PUBSUB NUMSUB).
+        self._confirmed: set[str] = set()
         # One subscriber per node ("" for a single server): its pub/sub and its reader.
         self._subscribers: dict[str, _Subscriber] = {}
 
@@ -73,9 +76,23 @@ class RedisChannels:
             subscriber = await self._subscriber_of(channel)
             await subscriber.subscribe(channel)
 
+    def listens(self, chat_id: str) -> bool:
+        """Whether Redis counts this process among the chat channel's subscribers: confirmed
+        by Redis, not left since (on leaving it stops counting before UNSUBSCRIBE is sent, so
+        that it is never counted out while Redis still counts it in, nor the other way)."""
+        return self._keys.channel(chat_id) in self._confirmed
+
+    def confirmed(self, channel: str) -> None:
+        if channel in self._channels:
+            self._confirmed.add(channel)
+
+    def unconfirmed(self, channels: set[str]) -> None:
+        self._confirmed.difference_update(channels)
+
     async def leave(self, chat_id: str) -> None:
         channel = self._keys.channel(chat_id)
         self._channels.discard(channel)
+        self._confirmed.discard(channel)
         for subscriber in self._subscribers.values():
             if channel in subscriber.channels:
                 with redis_errors_as_unavailable():
@@ -135,6 +152,10 @@ class RedisChannels:
             self._listener.on_resync()
 
 
+def _name(channel: object) -> str:
+    return channel.decode() if isinstance(channel, bytes) else str(channel)
+
+
 def _without_health_checks(redis: Redis) -> Redis:
     """A client of the same server for the pub/sub connection, without redis-py's health check.
 
@@ -187,7 +208,8 @@ class _Subscriber:
         return [None] * len(changes)
 
     async def _connect(self) -> PubSub:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        # Subscribe confirmations are read too: they tell RedisChannels.listens.
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=False)
         if self.channels:
             if self._sharded:
                 # One SSUBSCRIBE names channels of one hash slot only (chats hash apart).
@@ -200,7 +222,7 @@ class _Subscriber:
 
     async def _messages(self, pubsub: PubSub) -> AsyncIterator[dict[str, object]]:
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+            message = await pubsub.get_message(ignore_subscribe_messages=False, timeout=None)
             if message is not None:
                 yield message
 
@@ -216,7 +238,11 @@ class _Subscriber:
                     reconnected = False
                 async for message in self._messages(pubsub):
                     delay = 0.1
-                    if message.get("type") not in ("message", "smessage"):
+                    kind = message.get("type")
+                    if kind in ("subscribe", "ssubscribe"):
+                        self._owner.confirmed(_name(message["channel"]))
+                        continue
+                    if kind not in ("message", "smessage"):
                         continue
                     try:
                         self._owner.handle(message["channel"], message["data"])  # type: ignore[arg-type]
@@ -234,6 +260,7 @@ class _Subscriber:
             delay = min(delay * 2, RECONNECT_DELAY_MAX)
 
     async def _drop(self) -> None:
+        self._owner.unconfirmed(self.channels)  # confirmed again as the new connection subscribes
         old, self._pubsub = self._pubsub, None
         if old is not None:
             try:
