@@ -1,6 +1,6 @@
 """The Redis :class:`~app.domain.ports.TurnLog`: a stream per turn, its frames published on the
-chat's channel right after they are logged (as Centrifugo's Redis broker does), and the chat's
-latest turn record.
+chat's channel right after they are logged (as Centrifugo's Redis broker does) while another
+process listens to the chat, and the chat's latest turn record.
 
 - ``{prefix}{chat:<id>}:log:<turn>``: a stream; each entry a batch of consecutive frames, with
   fields ``s`` (the first frame's position) and ``f`` (the frames, joined by newlines, which
@@ -13,8 +13,9 @@ latest turn record.
   before it ignored, so that processes of either version read each other's frames.
 
 Nothing waits for Redis on the way: appends are queued and written together every
-:data:`FLUSH_DELAY` (one pipeline: records, then per turn one XADD and one PUBLISH; the stream's
-PEXPIRE with the first batch this process writes). While Redis is away the queue is kept and
+:data:`FLUSH_DELAY` (one pipeline: records, then per turn one XADD and one PUBLISH, or a PUBSUB
+NUMSUB instead while nobody else listens; the stream's PEXPIRE with the first batch this process
+writes). While Redis is away the queue is kept and
 written when it is back; frames of the turns still running here are kept until they ended and
 are written, so that a log Redis lost in a restart is written again whole. Both are bounded
 (:data:`MAX_RETAINED_BYTES`).
