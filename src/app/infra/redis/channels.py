@@ -82,11 +82,12 @@ class RedisChannels:
         that it is never counted out while Redis still counts it in, nor the other way)."""
         return self._keys.channel(chat_id) in self._confirmed
 
-    def confirmed(self, channel: str) -> None:
-        if channel in self._channels:
-            self._confirmed.add(channel)
+    def subscription_confirmed(self, channel: bytes | str) -> None:
+        name = _name(channel)
+        if name in self._channels:  # not left meanwhile
+            self._confirmed.add(name)
 
-    def unconfirmed(self, channels: set[str]) -> None:
+    def subscriptions_lost(self, channels: set[str]) -> None:
         self._confirmed.difference_update(channels)
 
     async def leave(self, chat_id: str) -> None:
@@ -135,8 +136,7 @@ class RedisChannels:
         kind, body = data[:1], data[1:]
         if body.startswith(self._origin):
             return  # this process's own
-        name = channel.decode() if isinstance(channel, bytes) else channel
-        chat_id = self._keys.chat_of(name)
+        chat_id = self._keys.chat_of(_name(channel))
         if kind == FRAME and self._listener is not None:
             header, _, payload = body.partition(b"\n")
             sender, turn_id, first = header.split(b"|", 3)[:3]
@@ -152,8 +152,8 @@ class RedisChannels:
             self._listener.on_resync()
 
 
-def _name(channel: object) -> str:
-    return channel.decode() if isinstance(channel, bytes) else str(channel)
+def _name(channel: bytes | str) -> str:
+    return channel.decode() if isinstance(channel, bytes) else channel
 
 
 def _without_health_checks(redis: Redis) -> Redis:
@@ -240,7 +240,7 @@ class _Subscriber:
                     delay = 0.1
                     kind = message.get("type")
                     if kind in ("subscribe", "ssubscribe"):
-                        self._owner.confirmed(_name(message["channel"]))
+                        self._owner.subscription_confirmed(message["channel"])  # type: ignore[arg-type]
                         continue
                     if kind not in ("message", "smessage"):
                         continue
@@ -260,7 +260,7 @@ class _Subscriber:
             delay = min(delay * 2, RECONNECT_DELAY_MAX)
 
     async def _drop(self) -> None:
-        self._owner.unconfirmed(self.channels)  # confirmed again as the new connection subscribes
+        self._owner.subscriptions_lost(self.channels)  # confirmed again as it subscribes anew
         old, self._pubsub = self._pubsub, None
         if old is not None:
             try:

@@ -15,10 +15,9 @@ process listens to the chat, and the chat's latest turn record.
 Nothing waits for Redis on the way: appends are queued and written together every
 :data:`FLUSH_DELAY` (one pipeline: records, then per turn one XADD and one PUBLISH, or a PUBSUB
 NUMSUB instead while nobody else listens; the stream's PEXPIRE with the first batch this process
-writes). While Redis is away the queue is kept and
-written when it is back; frames of the turns still running here are kept until they ended and
-are written, so that a log Redis lost in a restart is written again whole. Both are bounded
-(:data:`MAX_RETAINED_BYTES`).
+writes). While Redis is away the queue is kept and written when it is back; frames of the turns
+still running here are kept until they ended and are written, so that a log Redis lost in a
+restart is written again whole. Both are bounded (:data:`MAX_RETAINED_BYTES`).
 """
 
 from __future__ import annotations
@@ -65,8 +64,8 @@ class _Retained:
     written: int = 0
     #: Whether this process has given the stream its live TTL (with its first write here).
     expires: bool = False
-    #: Whether another process listens on the chat's channel, as of the last write's PUBSUB
-    #: NUMSUB (None: not known, so published).
+    #: Whether another process listens on the chat's channel, as the last write's PUBLISH or
+    #: PUBSUB NUMSUB counted (None: not known, so published).
     others: bool | None = None
     #: Whether a batch of this turn went unpublished (nobody else listened).
     skipped: bool = False
@@ -264,13 +263,10 @@ class RedisTurnLog:
                                 # so that a process that began listening since (and so heard
                                 # of a gap, or of nothing) reads the rest from the log.
                                 last = len(ended.frames) - 1
-                                header = b"%s%s|%s|%d\n" % (
-                                    FRAME, sent, op.turn_id.encode(), last
-                                )
                                 pipe.execute_command(
                                     self._publish,
                                     keys.channel(op.chat_id),
-                                    header + ended.frames[last],
+                                    _message(sent, op.turn_id, last, ended.frames[last]),
                                 )
                         continue
                     chat_id, turn_id, start, stop = op
@@ -297,8 +293,9 @@ class RedisTurnLog:
                     if listening is not None:
                         counts.append((len(pipe), written_here, chat_id))
                     if listening is None or written_here.others is not False:
-                        header = b"%s%s|%s|%d\n" % (FRAME, sent, turn_id.encode(), start)
-                        pipe.execute_command(self._publish, channel, header + payload)
+                        pipe.execute_command(
+                            self._publish, channel, _message(sent, turn_id, start, payload)
+                        )
                     else:
                         written_here.skipped = True
                         pipe.execute_command("PUBSUB", "NUMSUB", channel)
@@ -402,17 +399,17 @@ class RedisTurnLog:
             await asyncio.gather(self._flusher, return_exceptions=True)
 
 
+def _message(sent: bytes, turn_id: str, first: int, payload: bytes) -> bytes:
+    """A chat channel's frames message: ``F<origin>@<sent ms>|<turn>|<first>\\n<frames>``."""
+    return b"%s%s|%s|%d\n%s" % (FRAME, sent, turn_id.encode(), first, payload)
+
+
 def _others(reply: object, counted_in: bool) -> bool | None:
     """From a PUBLISH reply (the subscribers that got it) or a PUBSUB NUMSUB reply
     (``[channel, subscribers]``): whether a subscriber other than this process listens; None
-    if the reply says nothing (then published, to be safe)."""
-    if isinstance(reply, list | tuple) and len(reply) == 2:
-        reply = reply[1]
-    if isinstance(reply, bool) or not isinstance(reply, int | bytes | str):
-        return None
-    try:
-        subscribers = int(reply)
-    except ValueError:
+    if the reply is an error (then published, to be safe)."""
+    subscribers = reply[1] if isinstance(reply, list) and len(reply) == 2 else reply
+    if not isinstance(subscribers, int):
         return None
     return subscribers > (1 if counted_in else 0)
 
