@@ -220,6 +220,10 @@ def test_redis_cluster_accepts_false(monkeypatch: pytest.MonkeyPatch, value: str
         ("DATABASE_URL", "postgresql://u@db/fg"),
         ("DATABASE_URL", "sqlite:///var/fg.db"),
         ("DATABASE_URL", "flowgate.db"),
+        # An in-memory database is one per connection: the embedded one must be a file.
+        ("DATABASE_URL", "sqlite+aiosqlite:///:memory:"),
+        ("DATABASE_URL", "sqlite+aiosqlite:///"),
+        ("DATABASE_URL", "sqlite+aiosqlite:///file:fg?mode=memory&uri=true"),
         ("REDIS_URL", "http://cache:6379"),
         ("REDIS_URL", "cache:6379"),
         ("LLM_BASE_URL", "ftp://models.example/v1"),

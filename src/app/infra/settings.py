@@ -347,16 +347,27 @@ def load_settings() -> Settings:
     return settings
 
 
+def _database_url() -> str:
+    url = _url("DATABASE_URL", DATABASE_SCHEMES, f"sqlite+aiosqlite:///{VAR_DIR}/flowgate.db")
+    assert url is not None  # it has a default
+    if url.startswith("sqlite"):
+        path = url.partition("://")[2].removeprefix("/").partition("?")[0]
+        if path in ("", ":memory:") or path.startswith("file:"):
+            # Each connection would have a database of its own (the migrations' another one).
+            raise SettingsError(
+                "FLOWGATE_DATABASE_URL: the embedded database must be a file, "
+                "sqlite+aiosqlite:///path/to/flowgate.db"
+            )
+    return url
+
+
 def _read_settings() -> Settings:
     environment = (_env("ENVIRONMENT", "development") or "development").strip()
     translator, libretranslate_url = _translator()
     model = (_env("LLM_MODEL", "gpt-4o-mini") or "gpt-4o-mini").strip()
     return Settings(
         environment=environment,
-        database_url=_url(
-            "DATABASE_URL", DATABASE_SCHEMES, f"sqlite+aiosqlite:///{VAR_DIR}/flowgate.db"
-        )
-        or "",
+        database_url=_database_url(),
         redis_url=_url("REDIS_URL", REDIS_SCHEMES),
         redis_prefix=_env("REDIS_PREFIX", "flowgate:") or "",
         jwt=_jwt_settings(environment),

@@ -11,8 +11,9 @@ statement that claims the new ids and reads the owners of the known ones at once
   (one statement is atomic by itself): in the benchmark SQLAlchemy's execution layer (pool
   checkout, greenlet hop, cursor adapter, result wrapping, BEGIN and COMMIT) cost twice the
   driver's CPU per claim, and the ``AsyncSession`` twice that again (``bench/claim_cost.py``).
-- SQLite (embedded, one process): the insert and, for ids that were taken, a select, in one
-  transaction through SQLAlchemy Core; a "round trip" there is a hop to aiosqlite's thread.
+- SQLite (embedded): the insert and a select of the owners in one transaction, run as one
+  function on the lane's thread (:mod:`app.infra.sql.sqlite_lane`): one hop from the event
+  loop per batch, where SQLAlchemy over aiosqlite made about ten.
 
 The database arbitrates, so a claim is atomic across processes: of two first connections to
 a new id, exactly one inserts it, and the other reads the winner's row.
@@ -20,18 +21,19 @@ a new id, exactly one inserts it, and the other reads the winner's row.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.domain.chats import ChatSession
 from app.infra.batching import Batcher
 from app.infra.sql.lanes import DriverLanes
 from app.infra.sql.models import ChatSessionRow
-from app.infra.sql.sessions import database_errors_as_unavailable
+from app.infra.sql.sqlite_lane import SqliteLane, transaction
 
 _TABLE = cast(Table, ChatSessionRow.__table__)
 
@@ -59,13 +61,10 @@ _POSTGRES_OWNERS = (
 )
 
 _SQLITE_CLAIM = (
-    _TABLE.insert()
-    .values({column.name: bindparam(column.name, type_=column.type) for column in _TABLE.c})
-    .prefix_with("OR IGNORE")
+    "INSERT OR IGNORE INTO chat_session (chat_id, flow_id, user_id, created_at) "
+    "VALUES (?, ?, ?, ?)"
 )
-_SQLITE_OWNERS = select(_TABLE.c.chat_id, _TABLE.c.flow_id, _TABLE.c.user_id).where(
-    _TABLE.c.chat_id.in_(bindparam("chat_ids", expanding=True))
-)
+_SQLITE_OWNERS = "SELECT chat_id, flow_id, user_id FROM chat_session WHERE chat_id IN ({})"
 
 
 class ChatClaims:
@@ -73,9 +72,13 @@ class ChatClaims:
 
     def __init__(self, engine: AsyncEngine, lanes: DriverLanes | None) -> None:
         """``lanes``: where the statements run on PostgreSQL (its owner closes them); None on
-        SQLite."""
-        self._engine = engine
+        SQLite, whose lane the claims keep themselves (the engine's file)."""
         self._lanes = lanes
+        self._sqlite: SqliteLane | None = None
+        if lanes is None:
+            self._sqlite = SqliteLane(_sqlite_file(engine))
+            # created_at as SQLAlchemy would store it, so that its reads of the row agree.
+            self._sqlite_time = _TABLE.c.created_at.type.bind_processor(engine.dialect)
         self._batcher: Batcher[ChatSession, ChatSession] = Batcher(
             self._claim_sqlite if lanes is None else self._claim_postgres
         )
@@ -84,8 +87,10 @@ class ChatClaims:
         return await self._batcher.submit(session)
 
     async def aclose(self) -> None:
-        """Wait for the claims under way."""
+        """Wait for the claims under way, then close the SQLite lane (if any)."""
         await self._batcher.aclose()
+        if self._sqlite is not None:
+            await self._sqlite.aclose()
 
     async def _claim_postgres(self, asked: Sequence[ChatSession]) -> list[ChatSession]:
         first = _first_of_each_id(asked)
@@ -111,26 +116,28 @@ class ChatClaims:
     async def _claim_sqlite(self, asked: Sequence[ChatSession]) -> list[ChatSession]:
         first = _first_of_each_id(asked)
         now = datetime.now(UTC)
-        with database_errors_as_unavailable():
-            async with self._engine.begin() as connection:
-                # INSERT OR IGNORE, one row per id: SQLAlchemy sends them as one executemany.
-                await connection.execute(
-                    _SQLITE_CLAIM,
-                    [
-                        {
-                            "chat_id": s.chat_id,
-                            "flow_id": s.flow_id,
-                            "user_id": s.user_id,
-                            "created_at": now,
-                        }
-                        for s in first
-                    ],
-                )
-                result = await connection.execute(
-                    _SQLITE_OWNERS, {"chat_ids": [s.chat_id for s in first]}
-                )
-                owners = _owners(result.all())
+        created_at = now if self._sqlite_time is None else self._sqlite_time(now)
+        rows = [(s.chat_id, s.flow_id, s.user_id, created_at) for s in first]
+        ids = [s.chat_id for s in first]
+
+        def claim(connection: sqlite3.Connection) -> list[Any]:
+            with transaction(connection):
+                connection.executemany(_SQLITE_CLAIM, rows)
+                owners = _SQLITE_OWNERS.format(", ".join("?" * len(ids)))
+                return connection.execute(owners, ids).fetchall()
+
+        assert self._sqlite is not None  # the SQLite path
+        owners = _owners(await self._sqlite.run(claim))
         return [owners[s.chat_id] for s in asked]
+
+
+def _sqlite_file(engine: AsyncEngine) -> str:
+    """The engine's database file. A private in-memory database would be another one on the
+    lane's connection (and the migrations' own): the settings refuse it."""
+    path = engine.url.database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        raise ValueError("the embedded database must be a file path")
+    return path
 
 
 def _first_of_each_id(asked: Sequence[ChatSession]) -> list[ChatSession]:

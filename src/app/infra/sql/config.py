@@ -104,11 +104,13 @@ def _create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, **kwargs)
-    event.listen(engine.sync_engine, "connect", _configure_sqlite_connection)
+    event.listen(engine.sync_engine, "connect", configure_sqlite_connection)
     return engine
 
 
-def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+def configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+    """Each connection to the embedded file, the engine's (its ``connect`` event) and the
+    claims' lane's (:mod:`app.infra.sql.sqlite_lane`)."""
     cursor = dbapi_connection.cursor()
     # WAL lets the server read while the CLI writes (and NORMAL sync is safe under WAL);
     # SQLite enforces foreign keys, hence ON DELETE CASCADE, only when asked to. WAL is kept

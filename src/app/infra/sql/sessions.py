@@ -6,6 +6,7 @@ a unit of work, commits it or lets it roll back, and closes it.
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -22,10 +23,12 @@ SessionMaker = Callable[[], AsyncSession]
 
 # OSError covers refused and reset connections and TimeoutError; OperationalError covers a
 # locked or unopenable SQLite file and a PostgreSQL server that is shutting down;
-# sqlalchemy's TimeoutError is a pool with no connection free in time.
+# sqlalchemy's TimeoutError is a pool with no connection free in time; sqlite3's own
+# OperationalError is the same as raised on the embedded lane (app.infra.sql.sqlite_lane).
 _UNAVAILABLE = (
     OSError,
     sa_exc.OperationalError,
+    sqlite3.OperationalError,
     sa_exc.InterfaceError,
     sa_exc.DisconnectionError,
     sa_exc.TimeoutError,
