@@ -39,9 +39,10 @@ def _sockets_left_after_connects() -> int:
             before = _litestar_sockets()
             for n in range(CONNECTS):
                 path = "/api/v1/chat/f1" if n % 2 else "/api/v1/chat/f1/compute"
-                with client.websocket_connect(f"{path}?t=x") as ws, pytest.raises(
-                    WebSocketDisconnect
-                ) as closed:
+                with (
+                    client.websocket_connect(f"{path}?t=x") as ws,
+                    pytest.raises(WebSocketDisconnect) as closed,
+                ):
                     ws.receive_text()
                 assert closed.value.code == 1012
         return _litestar_sockets() - before

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import time
+import warnings
 from typing import Any
 
 import jwt
@@ -167,6 +168,40 @@ async def test_other_secret_is_rejected() -> None:
     token = _hs256(_claims(), key="another-secret-that-is-long-enough-for-hs256-0123")
 
     await _rejected(JWTVerifier(HS256), token)
+
+
+@pytest.mark.parametrize("alg", ["HS256", "HS384", "HS512"])
+async def test_each_hmac_algorithm_checks_the_whole_signature(alg: str) -> None:
+    # The verifier signs with hmac.digest itself (jwt_verifier._CheckedSecret): a token of
+    # the secret passes, one flipped bit anywhere in the signature, or the same secret with
+    # another hash, does not.
+    secret = SECRET * 2  # long enough for HS512 (64 bytes)
+    verifier = JWTVerifier(dataclasses.replace(HS256, secret=secret, algorithms=(alg,)))
+    token = jwt.encode(_claims(), secret, algorithm=alg)
+    assert (await verifier.verify(token)).id == "u1"
+    signing_input, _, signature = token.rpartition(".")
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    for at in (0, len(raw) // 2, len(raw) - 1):
+        flipped = bytearray(raw)
+        flipped[at] ^= 0x01
+        await _rejected(verifier, f"{signing_input}.{_b64(bytes(flipped))}")
+    other = "HS256" if alg != "HS256" else "HS512"
+    header = _segment({"alg": alg, "typ": "JWT"})
+    body = signing_input.partition(".")[2]
+    digest = {"HS256": hashlib.sha256, "HS512": hashlib.sha512}[other]
+    wrong = hmac.new(secret.encode(), f"{header}.{body}".encode(), digest).digest()
+    await _rejected(verifier, f"{header}.{body}.{_b64(wrong)}")
+
+
+async def test_a_secret_short_for_its_hash_still_gets_pyjwts_warning() -> None:
+    # 54 bytes: enough for HS256's 32, short of HS512's 64. The verdict is kept from
+    # construction, and pyjwt still warns as it would have.
+    verifier = JWTVerifier(dataclasses.replace(HS256, algorithms=("HS512",)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pyjwt's encode warns too
+        token = jwt.encode(_claims(), SECRET, algorithm="HS512")
+    with pytest.warns(jwt.warnings.InsecureKeyLengthWarning, match="64 bytes"):
+        assert (await verifier.verify(token)).id == "u1"
 
 
 def _hs256_signed_with(claims: dict[str, Any], key: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import time
 from collections.abc import Callable
@@ -223,17 +224,34 @@ class _CheckedSecret(HMACAlgorithm):
 
     pyjwt (2.15) prepares a PyJWK's key again on every decode, and for an HMAC secret that
     means trying to parse it as a DER public key and as an X.509 certificate: a sixth of a
-    connect's token check. The secret cannot change, so it is checked once.
+    connect's token check. It also checks the key's length against the hash's digest size
+    (making a hash object to ask) and signs with ``hmac.new``. The secret cannot change, so it
+    is checked once, its length's verdict kept, and the signature made with the one-shot
+    ``hmac.digest`` (OpenSSL's HMAC in one call): together a fifth of what pyjwt's decode cost
+    per connect in the benchmark, with the same answers.
     """
 
     def __init__(self, hash_alg: Any, secret: bytes) -> None:
         super().__init__(hash_alg)
         self._secret = secret
+        self._digest = hash_alg().name
+        self._length_warning = super().check_key_length(secret)
 
     def prepare_key(self, key: str | bytes) -> bytes:
         if key is self._secret:
             return key
         return super().prepare_key(key)
+
+    def check_key_length(self, key: bytes) -> str | None:
+        if key is self._secret:
+            return self._length_warning
+        return super().check_key_length(key)
+
+    def sign(self, msg: bytes, key: bytes) -> bytes:
+        return hmac.digest(key, msg, self._digest)
+
+    def verify(self, msg: bytes, key: bytes, sig: bytes) -> bool:
+        return hmac.compare_digest(sig, hmac.digest(key, msg, self._digest))
 
 
 def _payload_segment(token: str) -> bytes:

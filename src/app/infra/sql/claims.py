@@ -61,8 +61,7 @@ _POSTGRES_OWNERS = (
 )
 
 _SQLITE_CLAIM = (
-    "INSERT OR IGNORE INTO chat_session (chat_id, flow_id, user_id, created_at) "
-    "VALUES (?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO chat_session (chat_id, flow_id, user_id, created_at) VALUES (?, ?, ?, ?)"
 )
 _SQLITE_OWNERS = "SELECT chat_id, flow_id, user_id FROM chat_session WHERE chat_id IN ({})"
 
