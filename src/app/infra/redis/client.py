@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+
+from app.infra.redis.pool import LeanBlockingConnectionPool
 
 #: Admission waits on Redis: an unreachable server must fail fast, as ``StoreUnavailable``.
 CONNECT_TIMEOUT = 2.0
@@ -16,7 +18,7 @@ COMMAND_TIMEOUT = 5.0
 HEALTH_CHECK_INTERVAL = 30
 #: Connections per process. Past this, a command waits for a free one (up to the command
 #: timeout) instead of failing: redis-py's default pool raises at its limit, which turned a
-#: burst of 100 simultaneous turns into refused turns.
+#: burst of 100 simultaneous turns into refused turns (see app.infra.redis.pool).
 MAX_CONNECTIONS = 64
 CLUSTER_SCHEME = "redis+cluster://"
 
@@ -38,7 +40,7 @@ def make_redis(url: str, *, cluster: bool = False) -> AnyRedis:
             max_connections=MAX_CONNECTIONS,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1),
         )
-    pool = BlockingConnectionPool.from_url(
+    pool = LeanBlockingConnectionPool.from_url(
         url,
         max_connections=MAX_CONNECTIONS,
         timeout=COMMAND_TIMEOUT,
