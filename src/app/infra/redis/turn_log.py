@@ -26,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
@@ -35,6 +35,7 @@ from redis import exceptions as redis_errors
 from app.domain.chats import TurnRecord, TurnState
 from app.domain.errors import StoreUnavailable
 from app.domain.turn_log import LogSlice
+from app.infra.batching import Batcher
 from app.infra.redis.client import AnyRedis
 from app.infra.redis.errors import UNAVAILABLE, redis_errors_as_unavailable
 from app.infra.redis.keys import RedisKeys
@@ -108,6 +109,7 @@ class RedisTurnLog:
         self._waiters: list[asyncio.Future[None]] = []
         self._lost_contact = False
         self._closed = False
+        self._records: Batcher[str, bytes | None] = Batcher(self._read_records)
 
     # -- writing (never waits) ---------------------------------------------------------------
 
@@ -182,9 +184,17 @@ class RedisTurnLog:
         return LogSlice(first_seq=first if first is not None else after_seq + 1, frames=frames)
 
     async def current(self, chat_id: str) -> TurnRecord | None:
-        with redis_errors_as_unavailable():
-            raw = await self._redis.get(self._keys.record(chat_id))
+        raw = await self._records.submit(chat_id)
         return None if raw is None else _decode_record(raw)
+
+    async def _read_records(self, chat_ids: Sequence[str]) -> list[bytes | None]:
+        """Every turn starts by reading its chat's record: those of concurrent turns go in one
+        pipeline of GETs (not an MGET: on a cluster the chats' keys are in different slots)."""
+        with redis_errors_as_unavailable():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for chat_id in chat_ids:
+                    pipe.get(self._keys.record(chat_id))
+                return list(await pipe.execute())
 
     # -- the writer --------------------------------------------------------------------------
 
