@@ -4,6 +4,7 @@
     python -m bench --scenarios B1,B3 --repeats 3 --backend embedded
     python -m bench --quick                          # smaller loads, one repeat: a smoke test
     python -m bench --scenarios B1 --backend pg --profile   # py-spy profiles of flowgate
+    python -m bench --scenarios B2 --profile --native        # ... with C frames (syscalls)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report, servers
+from bench import profiling, report, servers
 from bench.profiling import summarize as summarize_profile
 from bench.scenarios import NO_HEARTBEAT_INTERVAL, SCENARIOS, SOLO, Target, run_scenario
 from bench.servers import Backend, Server
@@ -74,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smaller loads (a smoke test)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile flowgate with py-spy, one extra run per scenario")
+    parser.add_argument("--native", action="store_true",
+                        help="with --profile: C frames too (py-spy --native; pauses per sample)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where raw results go")
     args = parser.parse_args(argv)
     args.scenarios = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
@@ -85,11 +88,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--backend takes embedded, pg or embedded,pg")
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.native and not args.profile:
+        parser.error("--native goes with --profile")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    profiling.NATIVE = args.native
     run_id = secrets.token_hex(4)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out / f"{stamp}-{run_id}"

@@ -3,6 +3,11 @@
 py-spy attaches to the running server for exactly the measured window of a scenario and writes
 collapsed stacks; :func:`summarize` turns them into the share of busy samples per function
 (self and inclusive) and per package. Profiled runs are separate from the timed ones.
+
+With ``--native`` (:data:`NATIVE`) py-spy also unwinds C frames (system calls, OpenSSL, the
+event loop's own code), which it can do only by pausing the process for each sample: such a
+run's figures are slower still, and its samples cover every thread, so the summary keeps the
+event loop's thread and drops the samples where it waits in ``epoll``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+#: ``--native``: unwind C frames too (py-spy's ``--native``; it cannot be ``--nonblocking``).
+NATIVE = False
+#: ``--native``: samples per second (the measured windows are a few seconds long).
+NATIVE_RATE = 1000
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
@@ -51,9 +61,10 @@ class Profiler:
         if exe is None:
             raise RuntimeError("py-spy is not installed (uv sync --group bench)")
         self.output = output
+        how = ["--native"] if NATIVE else ["--nonblocking"]
         self.proc = subprocess.Popen(
-            [exe, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-             "--output", str(output), "--nonblocking"],
+            [exe, "record", "--pid", str(pid), "--rate", str(NATIVE_RATE if NATIVE else rate),
+             "--format", "raw", "--output", str(output), *how],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         time.sleep(1.0)  # attach before the window opens
@@ -74,7 +85,14 @@ def _parse(path: Path) -> list[tuple[list[str], int]]:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
-        stacks.append((stack.split(";"), int(count)))
+        frames = stack.split(";")
+        if any(f.startswith("0x") for f in frames):  # --native: the busy event loop only
+            frames = [f for f in frames if not f.startswith("0x")]
+            if not any(f.startswith("Runner.run ") for f in frames):
+                continue  # another thread (a worker, py-spy's own)
+            if any(f.startswith("epoll_pwait ") for f in frames[-3:]):
+                continue  # the loop waiting
+        stacks.append((frames, int(count)))
     return stacks
 
 
@@ -93,6 +111,8 @@ def _area(frame: str) -> str:
     if match["func"] == "Runner.run":
         # uvloop's loop is C: a sample here is the event loop itself (syscalls, scheduling).
         return "event loop (uvloop, C)"
+    if ".so" in match["file"] or match["file"].endswith((".c", ".h", ".pyx", ".pxd", ".pxi")):
+        return "native (C: system calls, libraries, the interpreter)"
     top = match["file"].split("/", 1)[0].removesuffix(".py")
     return AREAS.get(top, "other")
 
