@@ -97,5 +97,5 @@ def unreachable_database_url(backend: str, tmp_path: Path) -> str:
 
 # The cross-process ports' fixture (``nodes``), for the lease and turn log contracts, and the
 # private Redis Cluster it runs them on.
-from tests.contract.shared_state import nodes  # noqa: E402, F401
+from tests.contract.shared_state import nodes, server_nodes  # noqa: E402, F401
 from tests.private_stores import private_redis_cluster  # noqa: E402, F401

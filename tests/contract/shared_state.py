@@ -117,3 +117,14 @@ async def nodes(
     yield make
     async for _ in generator:
         pass
+
+
+@pytest.fixture
+async def server_nodes(
+    clients: Clients, redis_url: str, redis_prefix: str
+) -> AsyncIterator[Callable[[], Node]]:
+    """Nodes on the shared single Redis server only (for tests about its round trips)."""
+    generator = redis_nodes(clients, redis_url, redis_prefix)
+    yield await anext(generator)
+    async for _ in generator:
+        pass

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import msgspec
 import pytest
@@ -15,20 +15,15 @@ from redis.asyncio import Redis
 
 from app.domain.chats import TurnState
 from tests.contract.conftest import CALL_TIMEOUT
-from tests.contract.shared_state import Clients, Node, redis_nodes
+from tests.contract.shared_state import Node
 from tests.contract.test_turn_log import Heard, frame, record
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def nodes(
-    clients: Clients, redis_url: str, redis_prefix: str
-) -> AsyncIterator[Callable[[], Node]]:
-    generator = redis_nodes(clients, redis_url, redis_prefix)
-    yield await anext(generator)
-    async for _ in generator:
-        pass
+def nodes(server_nodes: Callable[[], Node]) -> Callable[[], Node]:
+    return server_nodes
 
 
 async def _publishes(redis_url: str) -> int:
