@@ -7,6 +7,7 @@ and the server share the file) and ``postgresql+asyncpg://...`` (production).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -120,7 +121,13 @@ def configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode")
     (mode,) = cursor.fetchone()
     if str(mode).lower() != "wal":
-        cursor.execute("PRAGMA journal_mode=WAL")
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            # Locked: another connection (the engine's, the claims' lane, another process)
+            # holds the file at this moment, and is switching it itself; this one goes on in
+            # whatever mode the file has (SQLite keeps WAL in the file once set).
+            pass
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
