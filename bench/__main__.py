@@ -232,6 +232,9 @@ def run_backend(
                 fg.profile_to = out / f"profile-{scenario}-{backend.name}"
                 try:
                     asyncio.run(run_scenario(scenario, targets[0], **options))
+                except Exception as exc:  # a sampled server is slower: its run may time out
+                    print(f"  {scenario} profiled run failed ({exc!r}); its samples are kept",
+                          file=sys.stderr)
                 finally:
                     fg.profile_to = None
                 print(f"  {scenario} profiled: {', '.join(p.name for p in fg.profiles)}")
