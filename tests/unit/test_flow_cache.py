@@ -108,3 +108,79 @@ async def test_without_a_ttl_every_get_queries() -> None:
     await cache.get(flow.id)
     await cache.get(flow.id)
     assert inner.queries == 2
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def cached_at_zero(ttl: float) -> tuple[CountingFlows, CachedFlowRepository, Clock, Flow]:
+    inner = CountingFlows()
+    flow = await flow_in(inner)
+    clock = Clock()
+    cache = CachedFlowRepository(inner, ttl=ttl, clock=clock)
+    inner.release.set()
+    assert await cache.get(flow.id) == flow
+    inner.release.clear()  # from here every query waits until released
+    return inner, cache, clock, flow
+
+
+async def test_past_half_its_ttl_a_hit_is_served_at_once_and_one_fresh_copy_loads() -> None:
+    inner, cache, clock, flow = await cached_at_zero(ttl=10)
+    await inner.set_status(flow.id, FlowStatus.OFFLINE)  # changed by another process
+    clock.now += 4
+    assert await cache.get(flow.id) == flow
+    assert inner.queries == 1  # before half the ttl: a plain hit
+
+    clock.now += 2
+    async with asyncio.timeout(1):  # the query is held: a get that waited for it would hang
+        assert await cache.get(flow.id) == flow
+        assert await cache.get(flow.id) == flow
+    await asyncio.sleep(0.01)  # the refresh's task runs
+    assert inner.queries == 2  # one refresh for both
+
+    inner.release.set()
+    await asyncio.sleep(0.01)
+    fresh = await cache.get(flow.id)
+    assert fresh is not None and fresh.status is FlowStatus.OFFLINE
+    assert inner.queries == 2
+
+
+async def test_a_copy_is_never_served_past_its_ttl() -> None:
+    inner, cache, clock, flow = await cached_at_zero(ttl=10)
+    await inner.set_status(flow.id, FlowStatus.OFFLINE)
+    clock.now += 10
+    waiting = asyncio.create_task(cache.get(flow.id))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # expired: it waits for the query
+    inner.release.set()
+    async with asyncio.timeout(5):
+        fresh = await waiting
+    assert fresh is not None and fresh.status is FlowStatus.OFFLINE
+
+
+async def test_a_failed_refresh_keeps_the_copy_until_it_expires() -> None:
+    inner, cache, clock, flow = await cached_at_zero(ttl=10)
+    inner.fail = RuntimeError("database gone")
+    inner.release.set()
+    clock.now += 6
+    assert await cache.get(flow.id) == flow  # starts the refresh, which fails
+    await asyncio.sleep(0.01)
+    assert inner.queries == 2
+    clock.now += 2
+    assert await cache.get(flow.id) == flow  # still the copy (and one more try beside it)
+    await asyncio.sleep(0.01)
+
+    clock.now += 2  # expired
+    try:
+        await cache.get(flow.id)
+    except RuntimeError as error:
+        assert str(error) == "database gone"
+    else:
+        raise AssertionError("an expired copy was served while the database was gone")
+    inner.fail = None
+    assert await cache.get(flow.id) == flow

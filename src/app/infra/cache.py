@@ -5,12 +5,18 @@ unpublished or deleted from another process (the CLI, another worker) is seen wi
 changes made through this process's catalog are seen at once (``invalidate``).
 
 Concurrent misses of one flow share one query: when the entry lapses under a burst of
-connects (a fresh process in a reconnect storm), one query runs, not one per socket.
+connects (a fresh process in a reconnect storm), one query runs, not one per socket. Past half
+its ``ttl`` an entry is still served while a fresh copy loads beside it (refresh-ahead), so
+that under steady connects no admission waits for the query: waiting for it every ``ttl`` put
+the query's few milliseconds on the set-up time of the connects that arrived meanwhile (the
+benchmark's set-up p99 at a fixed 400 connects/s: 7.4 ms with a 2 s ttl, 6.1 ms with 600 s).
+A copy is never served past ``ttl`` after its query began.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, TypeVar
@@ -18,17 +24,25 @@ from typing import Any, TypeVar
 from app.domain.flows import Flow, FlowStatus, FlowVersion, Graph
 from app.domain.ports import FlowRepository
 
+logger = logging.getLogger(__name__)
+
 _MAX_ENTRIES = 10_000
+#: The share of ``ttl`` after which a hit also starts loading a fresh copy.
+REFRESH_AFTER = 0.5
 _Cache = TypeVar("_Cache", bound=dict[Any, Any])
 _Value = TypeVar("_Value")
 
 
 class CachedFlowRepository:
-    def __init__(self, inner: FlowRepository, ttl: float) -> None:
+    def __init__(
+        self, inner: FlowRepository, ttl: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._inner = inner
         self._ttl = ttl
-        self._flows: dict[str, tuple[float, Flow | None]] = {}
-        self._versions: dict[int, tuple[float, FlowVersion | None]] = {}
+        self._clock = clock
+        #: id -> (refresh at, expires at, value)
+        self._flows: dict[str, tuple[float, float, Flow | None]] = {}
+        self._versions: dict[int, tuple[float, float, FlowVersion | None]] = {}
         #: Queries under way, by key: later misses of the same key wait for the same one.
         self._loading: dict[Hashable, asyncio.Future[Any]] = {}
 
@@ -44,30 +58,41 @@ class CachedFlowRepository:
     async def _load(
         self,
         key: Hashable,
-        cache: dict[Any, tuple[float, _Value]],
+        cache: dict[Any, tuple[float, float, _Value]],
         id_: Any,
         query: Callable[[Any], Awaitable[_Value]],
     ) -> _Value:
         hit = cache.get(id_)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        loading = self._loading.get(key)
-        if loading is None:
-            # A task of its own, so that no caller's cancellation cancels the others' query.
-            loading = self._loading[key] = asyncio.ensure_future(
-                self._query(key, cache, id_, query)
-            )
+        if hit is not None:
+            now = self._clock()
+            if now < hit[1]:
+                if now >= hit[0] and key not in self._loading:
+                    self._start(key, cache, id_, query)  # served now, fresh for the next
+                return hit[2]
+        loading = self._loading.get(key) or self._start(key, cache, id_, query)
         return await asyncio.shield(loading)
+
+    def _start(
+        self,
+        key: Hashable,
+        cache: dict[Any, tuple[float, float, _Value]],
+        id_: Any,
+        query: Callable[[Any], Awaitable[_Value]],
+    ) -> asyncio.Future[_Value]:
+        # A task of its own, so that no caller's cancellation cancels the others' query.
+        loading = self._loading[key] = asyncio.ensure_future(self._query(key, cache, id_, query))
+        loading.add_done_callback(_consume_error)
+        return loading
 
     async def _query(
         self,
         key: Hashable,
-        cache: dict[Any, tuple[float, _Value]],
+        cache: dict[Any, tuple[float, float, _Value]],
         id_: Any,
         query: Callable[[Any], Awaitable[_Value]],
     ) -> _Value:
         me = asyncio.current_task()
-        now = time.monotonic()
+        began = self._clock()
         try:
             value = await query(id_)
         finally:
@@ -75,7 +100,8 @@ class CachedFlowRepository:
             if not invalidated:
                 del self._loading[key]
         if not invalidated and self._ttl > 0:
-            _bounded(cache)[id_] = (now + self._ttl, value)
+            refresh_at = began + self._ttl * REFRESH_AFTER
+            _bounded(cache)[id_] = (refresh_at, began + self._ttl, value)
         return value
 
     def invalidate(self, flow_id: str) -> None:
@@ -84,7 +110,7 @@ class CachedFlowRepository:
         self._versions = {
             key: hit
             for key, hit in self._versions.items()
-            if hit[1] is None or hit[1].flow_id != flow_id
+            if hit[2] is None or hit[2].flow_id != flow_id
         }
 
     async def add(self, name: str, owner_id: str, graph: Graph, status: FlowStatus) -> Flow:
@@ -108,6 +134,13 @@ class CachedFlowRepository:
     ) -> FlowVersion:
         self.invalidate(flow_id)
         return await self._inner.add_version(flow_id, name, graph, make_current)
+
+
+def _consume_error(loading: asyncio.Future[Any]) -> None:
+    """A refresh nobody waits for may fail (the database away): the copy it would replace is
+    served until it expires, and the next get after that waits for a query of its own."""
+    if not loading.cancelled() and (error := loading.exception()) is not None:
+        logger.debug("flow cache: a query failed: %s", error)
 
 
 def _bounded(cache: _Cache) -> _Cache:
