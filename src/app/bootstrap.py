@@ -37,6 +37,7 @@ from app.domain.ports import (
     BuildStore,
     ChatFanOut,
     ChatModel,
+    ChatOwnerCache,
     ChatRepository,
     ConnectionCounter,
     FlowRepository,
@@ -56,6 +57,7 @@ from app.infra.llm.openai import OpenAIChatModel
 from app.infra.llm.scripted import ScriptedChatModel
 from app.infra.memory import (
     InProcessChannels,
+    InProcessChatOwners,
     InProcessConnectionCounter,
     InProcessLease,
     InProcessTurnLog,
@@ -94,6 +96,8 @@ class Adapters:
     fanout: ChatFanOut
     control: TurnControl
     counter: ConnectionCounter
+    #: Owners of claimed chats, shared by every process (none: each asks the database).
+    owners: ChatOwnerCache | None = None
     #: The name of this process, in leases and connection counts.
     process_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     #: Whether this process is alone on its stores (the embedded default, no Redis).
@@ -132,6 +136,7 @@ def in_process_adapters(
         fanout=channels,
         control=channels,
         counter=InProcessConnectionCounter(store),
+        owners=InProcessChatOwners(store),
         alone=True,
     )
 
@@ -266,6 +271,7 @@ def compose(
         counter=adapters.counter,
         stores_down=health.any_down,
         process_id=adapters.process_id,
+        owners=adapters.owners,
     )
     sessions = Sessions(
         features=features,
@@ -362,6 +368,8 @@ async def build_adapters(
     from app.infra.redis.keys import RedisKeys
     from app.infra.redis.lease import RedisLease
     from app.infra.redis.metrics import NO_BUS_METRICS
+    from app.infra.redis.owners import RedisChatOwners
+    from app.infra.redis.pipeline_batch import PipelineBatch
     from app.infra.redis.turn_log import RedisTurnLog
 
     process_id = uuid.uuid4().hex[:12]
@@ -385,7 +393,10 @@ async def build_adapters(
     )
     closers.append(log.aclose)
     closers.append(channels.aclose)
-    counter = RedisConnectionCounter(redis, keys)
+    # The count and the owner lookups of concurrent admissions: one pipeline per batch.
+    batch = PipelineBatch(redis)
+    closers.append(batch.aclose)  # after the counter's (closers run in reverse)
+    counter = RedisConnectionCounter(redis, keys, batch=batch)
     closers.append(counter.aclose)
     return Adapters(
         flows=flows,
@@ -399,6 +410,7 @@ async def build_adapters(
         fanout=channels,
         control=channels,
         counter=counter,
+        owners=RedisChatOwners(batch, keys),
         process_id=process_id,
         checks=checks,
         closers=closers,

@@ -1,6 +1,6 @@
-"""The cross-process ports (leases, turn logs, fan-out, connection counts) as one process of
-a deployment sees them; ``make()`` gives another process over the same state: another set of
-in-process twins over one MemoryStore, or another Redis client on the same prefix."""
+"""The cross-process ports (leases, turn logs, fan-out, connection counts, chat owners) as one
+process of a deployment sees them; ``make()`` gives another process over the same state: another
+set of in-process twins over one MemoryStore, or another Redis client on the same prefix."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from app.infra.memory import (
     InProcessChannels,
+    InProcessChatOwners,
     InProcessConnectionCounter,
     InProcessLease,
     InProcessTurnLog,
@@ -25,6 +26,8 @@ from app.infra.redis import (
     RedisLease,
     RedisTurnLog,
 )
+from app.infra.redis.owners import RedisChatOwners
+from app.infra.redis.pipeline_batch import PipelineBatch
 from tests.contract.conftest import Clients
 
 MEMORY, REDIS, CLUSTER = "memory", "redis", "redis-cluster"
@@ -44,6 +47,7 @@ class Node:
     log: Any
     channels: Any
     counter: Any
+    owners: Any
     closers: list[Callable[[], Any]]
 
 
@@ -57,6 +61,7 @@ async def memory_nodes() -> AsyncIterator[Callable[[], Node]]:
             log=InProcessTurnLog(store, ttl=TTL, origin=channels),
             channels=channels,
             counter=InProcessConnectionCounter(store),
+            owners=InProcessChatOwners(store),
             closers=[],
         )
 
@@ -82,13 +87,15 @@ async def redis_nodes(
             cluster=cluster,
             listening=channels.listens,  # as app.bootstrap composes them
         )
-        counter = RedisConnectionCounter(redis, keys)
+        batch = PipelineBatch(redis)  # the count's and the owners', as app.bootstrap has it
+        counter = RedisConnectionCounter(redis, keys, batch=batch)
         node = Node(
             lease=RedisLease(redis, keys),
             log=log,
             channels=channels,
             counter=counter,
-            closers=[log.aclose, channels.aclose, counter.aclose],
+            owners=RedisChatOwners(batch, keys),
+            closers=[log.aclose, channels.aclose, counter.aclose, batch.aclose],
         )
         made.append(node)
         return node

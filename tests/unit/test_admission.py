@@ -13,7 +13,7 @@ from app.domain.chats import ChatSession
 from app.domain.flows import FlowStatus
 from app.domain.rejections import Rejected, Rejection
 from app.domain.users import User
-from app.infra.memory import InProcessConnectionCounter
+from app.infra.memory import InProcessChatOwners, InProcessConnectionCounter, MemoryStore
 from app.testing import FakeBuildStore, FakeChatRepository, FakeFlowRepository, FakeTokenVerifier
 
 GRAPH = {"nodes": [], "edges": []}
@@ -235,3 +235,95 @@ async def test_rules_apply_in_order(world: World) -> None:
     assert first is Rejection.UNAUTHORIZED
     second = await world.rejection(world.owner, flow_id="gone", feature="nope", chat_id="c")
     assert second is Rejection.UNKNOWN_FEATURE
+
+
+class CountingChats(FakeChatRepository):
+    """Counts what admission asks of the chat repository."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    async def get_session(self, chat_id: str) -> ChatSession | None:
+        self.asked += 1
+        return await super().get_session(chat_id)
+
+    async def claim_session(self, session: ChatSession) -> ChatSession:
+        self.asked += 1
+        return await super().claim_session(session)
+
+
+def two_processes(world: World) -> tuple[AdmissionService, CountingChats, InProcessChatOwners]:
+    """``world.service`` rebuilt as process one, and process two beside it: one database,
+    one shared store (connection counts and owners), each its own memory of owners."""
+    store = MemoryStore()
+    chats = CountingChats()
+    owners = InProcessChatOwners(store)
+
+    def process(name: str) -> AdmissionService:
+        return AdmissionService(
+            verifier=world.verifier,
+            flows=world.flows,
+            chats=chats,
+            builds=world.builds,
+            features={"chat"},
+            allowed_origins=set(),
+            max_connections_per_user=2,
+            counter=InProcessConnectionCounter(store),
+            process_id=name,
+            owners=owners,
+        )
+
+    world.service = process("one")
+    return process("two"), chats, owners
+
+
+async def test_a_chat_claimed_on_one_process_is_admitted_on_another_without_the_database(
+    world: World,
+) -> None:
+    flow_id = await online_flow(world)
+    two, chats, owners = two_processes(world)
+    await world.admit(world.owner, flow_id=flow_id, chat_id="c1")
+    assert chats.asked == 1  # the claim
+
+    world.service = two  # a fresh process: it has not seen c1
+    admitted = await world.admit(world.owner, flow_id=flow_id, chat_id="c1")
+    assert admitted.chat_id == "c1"
+    assert await world.rejection(world.stranger, flow_id=flow_id, chat_id="c1") is (
+        Rejection.FORBIDDEN
+    )
+    assert chats.asked == 1  # both decided by the remembered owner
+    assert owners.lookups == 2  # the second connect knew it from its own memory by then
+
+
+async def test_a_remembered_owner_decides_at_the_connection_limit_too(world: World) -> None:
+    flow_id = await online_flow(world)
+    two, chats, _ = two_processes(world)
+    await world.admit(world.stranger, flow_id=flow_id, chat_id="theirs")
+    for chat in ("a", "b"):  # the owner at the limit
+        await world.admit(world.owner, flow_id=flow_id, chat_id=chat)
+    asked = chats.asked
+
+    world.service = two
+    assert await world.rejection(world.owner, flow_id=flow_id, chat_id="theirs") is (
+        Rejection.FORBIDDEN
+    )
+    assert await world.rejection(world.owner, flow_id=flow_id, chat_id="a") is (
+        Rejection.TOO_MANY_CONNECTIONS
+    )
+    assert chats.asked == asked
+
+
+async def test_without_a_remembered_owner_the_database_decides(world: World) -> None:
+    flow_id = await online_flow(world)
+    two, chats, owners = two_processes(world)
+    await world.admit(world.owner, flow_id=flow_id, chat_id="c1")
+    owners._store.owners.clear()  # Redis restarted, say
+
+    world.service = two
+    assert await world.rejection(world.stranger, flow_id=flow_id, chat_id="c1") is (
+        Rejection.FORBIDDEN
+    )
+    assert chats.asked == 2  # asked again, and remembered again
+    await world.admit(world.owner, flow_id=flow_id, chat_id="c1")
+    assert chats.asked == 2

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
-from collections.abc import Callable, Container
+from collections.abc import Awaitable, Callable, Container
 from enum import StrEnum
 
 import msgspec
@@ -16,6 +17,7 @@ from app.domain.flows import Flow, Graph
 from app.domain.frames import INT64_MAX, MAX_TOKEN_LENGTH
 from app.domain.ports import (
     BuildStore,
+    ChatOwnerCache,
     ChatRepository,
     ConnectionCounter,
     FlowRepository,
@@ -70,6 +72,18 @@ class Admission(msgspec.Struct, frozen=True):
         return self.chat_id is None
 
 
+class NoChatOwnerCache:
+    """Remembers nothing: every chat a process has not seen asks the chat repository."""
+
+    def lookup(self, chat_id: str) -> Awaitable[ChatSession | None]:
+        nothing: asyncio.Future[ChatSession | None] = asyncio.get_running_loop().create_future()
+        nothing.set_result(None)
+        return nothing
+
+    def remember(self, session: ChatSession) -> None:
+        return None
+
+
 class AdmissionService:
     def __init__(
         self,
@@ -84,6 +98,7 @@ class AdmissionService:
         counter: ConnectionCounter,
         stores_down: Callable[[], bool] = lambda: False,
         process_id: str = "p",
+        owners: ChatOwnerCache | None = None,
     ) -> None:
         self._verifier = verifier
         self._flows = flows
@@ -95,7 +110,9 @@ class AdmissionService:
         self._counter = counter
         self._stores_down = stores_down
         self._slots = (f"{process_id}:{n}" for n in itertools.count(1))
+        #: Owners this process has seen; ``_shared_owners``: those every process has.
         self._owners: dict[str, ChatSession] = {}
+        self._shared_owners = owners or NoChatOwnerCache()
 
     async def admit(self, request: AdmissionRequest) -> Admission:
         """The admission, or :class:`Rejected` with the first rule that failed."""
@@ -128,10 +145,18 @@ class AdmissionService:
         # Rule 6 is counted across every process (a dead process's entries expire), first, so
         # that a user at the limit claims no chat; its answer waits for the rules before it.
         slot = next(self._slots)
+        # A chat this process has not seen: its owner is asked of the shared cache before the
+        # count is awaited, so that both may go in one round trip (after a deploy, the common
+        # case: a reconnect then costs the count's round trip alone).
+        remembered = None
+        if request.chat_id is not None and request.chat_id not in self._owners:
+            remembered = self._shared_owners.lookup(request.chat_id)
         counted = await self._counter.acquire(user.id, slot, self._max_connections)
         try:
             if request.chat_id is not None:
-                graph = await self._admit_chat(user, flow, request.chat_id, version_id, counted)
+                graph = await self._admit_chat(
+                    user, flow, request.chat_id, version_id, counted, remembered
+                )
             else:
                 graph = await self._admit_debug(user, flow, version_id)
                 if not counted:
@@ -167,7 +192,13 @@ class AdmissionService:
         return user
 
     async def _admit_chat(
-        self, user: User, flow: Flow, chat_id: str, version_id: int | None, counted: bool
+        self,
+        user: User,
+        flow: Flow,
+        chat_id: str,
+        version_id: int | None,
+        counted: bool,
+        remembered: Awaitable[ChatSession | None] | None,
     ) -> Graph:
         if not flow.is_online:
             raise Rejected(Rejection.FLOW_NOT_ONLINE)
@@ -177,16 +208,28 @@ class AdmissionService:
             if version is None or version.flow_id != flow.id:
                 raise Rejected(Rejection.VERSION_NOT_FOUND)
             graph = version.graph
-        await self._check_chat_owner(user, flow, chat_id, counted)
+        await self._check_chat_owner(user, flow, chat_id, counted, remembered)
         return graph
 
-    async def _check_chat_owner(self, user: User, flow: Flow, chat_id: str, counted: bool) -> None:
+    async def _check_chat_owner(
+        self,
+        user: User,
+        flow: Flow,
+        chat_id: str,
+        counted: bool,
+        remembered: Awaitable[ChatSession | None] | None,
+    ) -> None:
         """Rule 4c, then rule 6; a new chat id becomes this user's at once (one statement).
 
-        Ownership never changes once claimed, so it is remembered: a reconnect costs no query.
-        At the connection limit a read decides between Forbidden and too many connections.
+        Ownership never changes once claimed, so it is remembered, here and in the shared
+        cache: a reconnect to a chat that any process has seen costs no query. At the
+        connection limit a read decides between Forbidden and too many connections.
         """
         owner = self._owners.get(chat_id)
+        if owner is None and remembered is not None:
+            owner = await remembered
+            if owner is not None:
+                self._remember_here(owner)
         if owner is None and not counted:
             session = await self._chats.get_session(chat_id)
             if session is not None and not _owns(session, user, flow):
@@ -196,13 +239,17 @@ class AdmissionService:
             # Two first connections may race for a new id: the store lets exactly one win.
             mine = ChatSession(chat_id=chat_id, flow_id=flow.id, user_id=user.id)
             owner = await self._chats.claim_session(mine)
-            if len(self._owners) >= OWNER_CACHE_SIZE:
-                self._owners.clear()
-            self._owners[chat_id] = owner
+            self._shared_owners.remember(owner)
+            self._remember_here(owner)
         if not _owns(owner, user, flow):
             raise Rejected(Rejection.FORBIDDEN)
         if not counted:
             raise Rejected(Rejection.TOO_MANY_CONNECTIONS)
+
+    def _remember_here(self, owner: ChatSession) -> None:
+        if len(self._owners) >= OWNER_CACHE_SIZE:
+            self._owners.clear()
+        self._owners[owner.chat_id] = owner
 
     async def _admit_debug(self, user: User, flow: Flow, version_id: int | None) -> Graph:
         if flow.owner_id != user.id and not user.is_admin:

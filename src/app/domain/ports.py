@@ -6,7 +6,7 @@ Each port holds only the methods the domain really calls. Every adapter raises
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -211,3 +211,21 @@ class ConnectionCounter(Protocol):
         ...
 
     async def release(self, user_id: str, slot: str) -> None: ...
+
+
+class ChatOwnerCache(Protocol):
+    """The owners of claimed chats, remembered for every process: ownership never changes once
+    claimed, so a process that has not seen a chat (a fresh one, after a deploy) can learn its
+    owner without asking the database. Only a hint: a miss or a failure answers None, and the
+    chat repository decides."""
+
+    def lookup(self, chat_id: str) -> Awaitable[ChatSession | None]:
+        """The remembered owner, or None. Sent at once, before it is awaited: a lookup made
+        just before another store call of the same admission shares its round trip where the
+        adapter can. Never raises, and need not be awaited."""
+        ...
+
+    def remember(self, session: ChatSession) -> None:
+        """Remember a claimed chat's owner, as the chat repository returned it (in the
+        background: nobody waits for it, and a failure only leaves it unremembered)."""
+        ...

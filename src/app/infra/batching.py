@@ -63,6 +63,11 @@ class Batcher(Generic[Item, Result]):
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: Item, *, linger: float = 0.0) -> Result:
+        return await self.enqueue(item, linger=linger)
+
+    def enqueue(self, item: Item, *, linger: float = 0.0) -> asyncio.Future[Result]:
+        """:meth:`submit` without waiting: the item is in the next batch already, so that a
+        caller may queue it before awaiting another call of the same batch."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         urgent = linger <= 0
@@ -72,7 +77,7 @@ class Batcher(Generic[Item, Result]):
         elif self._timer is None:
             self._timer = loop.call_later(linger, self._linger_over, loop)
         self._schedule(loop)
-        return await future
+        return future
 
     def _linger_over(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None

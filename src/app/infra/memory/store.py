@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app.domain.chats import TurnRecord
+from app.domain.chats import ChatSession, TurnRecord
 from app.domain.errors import StoreUnavailable
 
 
@@ -24,6 +24,8 @@ class MemoryStore:
         self.records: dict[str, tuple[TurnRecord, float | None]] = {}
         #: user_id -> {slot: expires at}
         self.connections: dict[str, dict[str, float]] = {}
+        #: chat_id -> its owner, as the chat repository claimed it (the shared owner cache).
+        self.owners: dict[str, ChatSession] = {}
         #: chat_id -> the channels subscribed to it (one per simulated process): the one held
         #: as is (the embedded default has only its own), a set only while there are more.
         self.subscribers: dict[str, Any] = {}

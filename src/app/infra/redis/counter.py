@@ -3,24 +3,24 @@
 time each entry lapses. A process refreshes its own entries every third of :data:`SLOT_TTL`,
 so a dead process's connections stop counting within that time.
 
-Acquires and releases of concurrent connections are joined into one pipeline
-(:class:`~app.infra.batching.Batcher`): a reconnect storm costs a few round trips, not one per
-socket, and a release waits up to :data:`RELEASE_LINGER` to go with the next acquires. The
-scripts are sent with ``EVAL``, which Redis answers from its script cache: redis-py's registered
-scripts in a pipeline would first ask ``SCRIPT EXISTS``, a round trip per batch.
+Acquires and releases of concurrent connections are joined into one pipeline, with the chat
+owner lookups of the same admissions (:class:`~app.infra.redis.pipeline_batch.PipelineBatch`):
+a reconnect storm costs a few round trips, not one per socket, and a release waits up to
+:data:`RELEASE_LINGER` to go with the next acquires. The scripts are sent with ``EVAL``, which
+Redis answers from its script cache: redis-py's registered scripts in a pipeline would first
+ask ``SCRIPT EXISTS``, a round trip per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 
 from app.domain.errors import StoreUnavailable
-from app.infra.batching import Batcher
 from app.infra.redis.client import AnyRedis
 from app.infra.redis.errors import redis_errors_as_unavailable
 from app.infra.redis.keys import RedisKeys
+from app.infra.redis.pipeline_batch import PipelineBatch
 
 logger = logging.getLogger(__name__)
 
@@ -49,19 +49,28 @@ return 1
 
 
 class RedisConnectionCounter:
-    def __init__(self, redis: AnyRedis, keys: RedisKeys, *, slot_ttl: float = SLOT_TTL) -> None:
+    def __init__(
+        self,
+        redis: AnyRedis,
+        keys: RedisKeys,
+        *,
+        slot_ttl: float = SLOT_TTL,
+        batch: PipelineBatch | None = None,
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl_ms = int(slot_ttl * 1000)
         #: This process's open slots, per user.
         self._mine: dict[str, set[str]] = {}
         self._refresher: asyncio.Task[None] | None = None
-        # (user, slot, limit) to acquire, (user, slot, None) to release: the sockets that
-        # open and those that close meanwhile share one pipeline.
-        self._changes: Batcher[tuple[str, str, int | None], bool] = Batcher(self._apply)
+        # The sockets that open and those that close meanwhile share one pipeline (with
+        # whatever else the batch's other users send), which this counter closes if it made.
+        self._owns_batch = batch is None
+        self._batch = batch or PipelineBatch(redis)
 
     async def acquire(self, user_id: str, slot: str, limit: int) -> bool:
-        ok = await self._changes.submit((user_id, slot, limit))
+        key = self._keys.connections(user_id)
+        ok = await self._batch.send("EVAL", _ACQUIRE, 1, key, limit, self._ttl_ms, slot)
         if ok:
             self._mine.setdefault(user_id, set()).add(slot)
             if self._refresher is None:
@@ -74,18 +83,7 @@ class RedisConnectionCounter:
             slots.discard(slot)
             if not slots:
                 del self._mine[user_id]
-        await self._changes.submit((user_id, slot, None), linger=RELEASE_LINGER)
-
-    async def _apply(self, changes: Sequence[tuple[str, str, int | None]]) -> list[bool]:
-        with redis_errors_as_unavailable():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for user_id, slot, limit in changes:
-                    key = self._keys.connections(user_id)
-                    if limit is None:
-                        pipe.zrem(key, slot)
-                    else:
-                        pipe.eval(_ACQUIRE, 1, key, limit, self._ttl_ms, slot)
-                return [bool(answer) for answer in await pipe.execute()]
+        await self._batch.send("ZREM", self._keys.connections(user_id), slot, linger=RELEASE_LINGER)
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -103,7 +101,8 @@ class RedisConnectionCounter:
                 logger.warning("connection counts not refreshed: %s", exc)
 
     async def aclose(self) -> None:
-        await self._changes.aclose()
+        if self._owns_batch:
+            await self._batch.aclose()
         if self._refresher is not None:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)

@@ -31,5 +31,8 @@ class RedisKeys:
     def log(self, chat_id: str, turn_id: str) -> str:
         return f"{self.prefix}{{chat:{chat_id}}}:log:{turn_id}"
 
+    def owner(self, chat_id: str) -> str:
+        return f"{self.prefix}{{chat:{chat_id}}}:owner"
+
     def connections(self, user_id: str) -> str:
         return f"{self.prefix}{{user:{user_id}}}:conns"
