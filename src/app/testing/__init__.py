@@ -5,9 +5,10 @@ the two). flowgate's own unit tests use them too.
 
 - In-memory repositories: :class:`FakeFlowRepository`, :class:`FakeChatRepository`,
   :class:`FakeBuildStore` (``down = True`` makes one unreachable).
-- The in-process turn log, lease, fan-out and connection count, over a shared
+- The in-process turn log, lease, fan-out, connection count and chat owners, over a shared
   :class:`MemoryStore` (the embedded default's own): :class:`InProcessTurnLog`,
-  :class:`InProcessLease`, :class:`InProcessChannels`, :class:`InProcessConnectionCounter`.
+  :class:`InProcessLease`, :class:`InProcessChannels`, :class:`InProcessConnectionCounter`,
+  :class:`InProcessChatOwners`.
 - Scripted ports: :class:`FakeChatModel`, :class:`FakeTranslator`, :class:`FakeTokenVerifier`;
   :class:`FakeTransport`, the socket that records frames.
 - Harnesses: :class:`Gateway` (one process's services over the fakes; ``open`` gives a
@@ -18,6 +19,7 @@ the two). flowgate's own unit tests use them too.
 
 from app.infra.memory import (
     InProcessChannels,
+    InProcessChatOwners,
     InProcessConnectionCounter,
     InProcessLease,
     InProcessTurnLog,
@@ -56,6 +58,7 @@ __all__ = [
     "FakeTransport",
     "Gateway",
     "InProcessChannels",
+    "InProcessChatOwners",
     "InProcessConnectionCounter",
     "InProcessLease",
     "InProcessTurnLog",
