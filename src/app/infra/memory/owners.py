@@ -15,6 +15,8 @@ MAX_OWNERS = 100_000
 
 
 class InProcessChatOwners:
+    """Chat owners remembered in a :class:`MemoryStore`; ``lookups`` counts the reads."""
+
     def __init__(self, store: MemoryStore | None = None) -> None:
         self._store = store or MemoryStore()
         self.lookups = 0
