@@ -318,7 +318,7 @@ async def test_without_a_remembered_owner_the_database_decides(world: World) -> 
     flow_id = await online_flow(world)
     two, chats, owners = two_processes(world)
     await world.admit(world.owner, flow_id=flow_id, chat_id="c1")
-    owners._store.owners.clear()  # Redis restarted, say
+    owners.forget_all()  # Redis restarted, say
 
     world.service = two
     assert await world.rejection(world.stranger, flow_id=flow_id, chat_id="c1") is (

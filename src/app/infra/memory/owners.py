@@ -27,6 +27,10 @@ class InProcessChatOwners:
         answer.set_result(None if self._store.down else self._store.owners.get(chat_id))
         return answer
 
+    def forget_all(self) -> None:
+        """Drop every remembered owner, as a Redis restart would."""
+        self._store.owners.clear()
+
     def remember(self, session: ChatSession) -> None:
         if not self._store.down:
             owners = self._store.owners
