@@ -121,7 +121,9 @@ def in_process_adapters(
     turn_log_ttl: float = 600.0,
 ) -> Adapters:
     """The in-process turn log, leases, fan-out and counts around the given stores: the
-    embedded default's, and what unit tests use (several may share one ``store``)."""
+    embedded default's, and what unit tests use (several may share one ``store``; only then
+    are chat owners remembered in it: one process alone has its admission's own memory)."""
+    owners = None if store is None else InProcessChatOwners(store)
     store = store or MemoryStore()
     channels = InProcessChannels(store)
     return Adapters(
@@ -136,7 +138,7 @@ def in_process_adapters(
         fanout=channels,
         control=channels,
         counter=InProcessConnectionCounter(store),
-        owners=InProcessChatOwners(store),
+        owners=owners,
         alone=True,
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import re
 from collections.abc import Awaitable, Callable, Container
@@ -72,18 +71,6 @@ class Admission(msgspec.Struct, frozen=True):
         return self.chat_id is None
 
 
-class NoChatOwnerCache:
-    """Remembers nothing: every chat a process has not seen asks the chat repository."""
-
-    def lookup(self, chat_id: str) -> Awaitable[ChatSession | None]:
-        nothing: asyncio.Future[ChatSession | None] = asyncio.get_running_loop().create_future()
-        nothing.set_result(None)
-        return nothing
-
-    def remember(self, session: ChatSession) -> None:
-        return None
-
-
 class AdmissionService:
     def __init__(
         self,
@@ -110,9 +97,10 @@ class AdmissionService:
         self._counter = counter
         self._stores_down = stores_down
         self._slots = (f"{process_id}:{n}" for n in itertools.count(1))
-        #: Owners this process has seen; ``_shared_owners``: those every process has.
+        #: Owners this process has seen; ``_shared_owners``: those every process has (None:
+        #: a chat this process has not seen asks the chat repository).
         self._owners: dict[str, ChatSession] = {}
-        self._shared_owners = owners or NoChatOwnerCache()
+        self._shared_owners = owners
 
     async def admit(self, request: AdmissionRequest) -> Admission:
         """The admission, or :class:`Rejected` with the first rule that failed."""
@@ -149,8 +137,9 @@ class AdmissionService:
         # count is awaited, so that both may go in one round trip (after a deploy, the common
         # case: a reconnect then costs the count's round trip alone).
         remembered = None
-        if request.chat_id is not None and request.chat_id not in self._owners:
-            remembered = self._shared_owners.lookup(request.chat_id)
+        shared, chat_id = self._shared_owners, request.chat_id
+        if shared is not None and chat_id is not None and chat_id not in self._owners:
+            remembered = shared.lookup(chat_id)
         counted = await self._counter.acquire(user.id, slot, self._max_connections)
         try:
             if request.chat_id is not None:
@@ -239,7 +228,8 @@ class AdmissionService:
             # Two first connections may race for a new id: the store lets exactly one win.
             mine = ChatSession(chat_id=chat_id, flow_id=flow.id, user_id=user.id)
             owner = await self._chats.claim_session(mine)
-            self._shared_owners.remember(owner)
+            if self._shared_owners is not None:
+                self._shared_owners.remember(owner)
             self._remember_here(owner)
         if not _owns(owner, user, flow):
             raise Rejected(Rejection.FORBIDDEN)

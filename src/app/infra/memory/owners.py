@@ -1,6 +1,6 @@
 """The in-process :class:`~app.domain.ports.ChatOwnerCache`, over a :class:`MemoryStore`
-shared by "processes" (the Redis one's twin, for tests; the embedded default has one process
-and no use for it)."""
+shared by "processes" (the Redis one's twin, for tests; the embedded default has one process,
+whose admission remembers owners itself, and does not use it)."""
 
 from __future__ import annotations
 
