@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from redis.asyncio.client import Pipeline, Redis
 
 from app.domain.chats import TurnState
+from app.infra.redis.raw_pipeline import RawPipeline
 from tests.contract.conftest import CALL_TIMEOUT
 from tests.contract.shared_state import Node
 from tests.contract.test_turn_log import record
@@ -27,11 +29,17 @@ def nodes(server_nodes: Callable[[], Node]) -> Callable[[], Node]:
 
 
 class RoundTrips:
-    """Pipelines executed and commands sent alone, by every client of this test."""
+    """Pipelines executed (redis-py's and the raw one) and commands sent alone, by every
+    client of this test."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
         execute, command = Pipeline.execute, Redis.execute_command
+        raw_execute = RawPipeline.execute
+
+        async def counted_raw(pipe: RawPipeline, *args: Any) -> Any:
+            self.count += 1
+            return await raw_execute(pipe, *args)
 
         async def counted_execute(pipe: Pipeline, *args: object, **kwargs: object) -> object:
             self.count += 1
@@ -42,6 +50,7 @@ class RoundTrips:
             return await command(client, *args, **kwargs)
 
         monkeypatch.setattr(Pipeline, "execute", counted_execute)
+        monkeypatch.setattr(RawPipeline, "execute", counted_raw)
         monkeypatch.setattr(Redis, "execute_command", counted_command)
 
 

@@ -3,6 +3,10 @@
 count's acquire and the chat owner's lookup of one admission go in one round trip, and so do
 those of every socket connecting meanwhile.
 
+On a single server a batch is one write on a connection of its own
+(:class:`~app.infra.redis.raw_pipeline.RawPipeline`); on a cluster, redis-py's cluster pipeline,
+which sends each command to its node.
+
 A command that fails in Redis (a script error) fails every command of its batch, as a
 pipeline run with ``raise_on_error`` does; a lost connection fails them with
 :class:`~app.domain.errors.StoreUnavailable`.
@@ -14,9 +18,12 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from redis.asyncio import Redis
+
 from app.infra.batching import Batcher
 from app.infra.redis.client import AnyRedis
 from app.infra.redis.errors import redis_errors_as_unavailable
+from app.infra.redis.raw_pipeline import RawPipeline
 
 Command = tuple[Any, ...]
 
@@ -24,7 +31,9 @@ Command = tuple[Any, ...]
 class PipelineBatch:
     def __init__(self, redis: AnyRedis) -> None:
         self._redis = redis
-        self._batcher: Batcher[Command, Any] = Batcher(self._run)
+        self._raw = RawPipeline(redis) if isinstance(redis, Redis) else None
+        # One batch at a time: the raw pipeline has one connection.
+        self._batcher: Batcher[Command, Any] = Batcher(self._run, max_in_flight=1)
 
     def send(self, *command: Any, linger: float = 0.0) -> asyncio.Future[Any]:
         """The command's reply, once its batch is answered. In the batch as it returns, so
@@ -34,6 +43,8 @@ class PipelineBatch:
 
     async def _run(self, commands: Sequence[Command]) -> list[Any]:
         with redis_errors_as_unavailable():
+            if self._raw is not None:
+                return await self._raw.execute(commands)
             async with self._redis.pipeline(transaction=False) as pipe:
                 for command in commands:
                     pipe.execute_command(*command)
@@ -41,3 +52,5 @@ class PipelineBatch:
 
     async def aclose(self) -> None:
         await self._batcher.aclose()
+        if self._raw is not None:
+            await self._raw.aclose()
