@@ -8,7 +8,7 @@ path every connect takes. Per batch it checks a connection out of the pool (and 
 a zero timeout), packs each argument through its encoder with a buffer cut-off, sends under
 ``wait_for``, reads each reply under an ``asyncio.timeout`` of its own and a health-check
 clock, and records observability events, all inside a retry wrapper. For the admission's
-batch (the count's ``EVAL`` and the owner's ``GETEX``) that was 140-195 µs of this process's CPU
+batch (the count's ``EVAL`` and the owner's ``GETEX``) that was 137-195 µs of this process's CPU
 against 60-85 µs here, measured against the real server (bench/README.md, the eighth session).
 
 What is kept from redis-py: the connection itself (it connects, authenticates, selects the
@@ -16,8 +16,11 @@ database, speaks the URL's protocol), its parser, its errors. The connection is 
 the client's pool once and held, as a SQL lane holds its connection (``app.infra.sql.lanes``);
 one is enough, since a batcher keeps one batch in flight. A connection found closed before a
 batch is made again; one lost during a reused connection's batch is made again and the batch
-sent once more, as redis-py's one retry would (the commands sent through here are idempotent:
-a ``ZADD`` of the same member, ``ZREM``, ``GETEX``, ``SET``). Anything that interrupts a batch
+sent once more, as redis-py's one retry did. Sent twice, the commands sent through here leave
+what once would: ``ZREM``, ``GETEX`` and ``SET`` are idempotent, and the count's script adds
+the same member again. Only its answer may differ: if the first had run, the second counts its
+own entry, which at the limit refuses the connect (the entry lapses within the slot TTL, as it
+did under redis-py's retry). Anything that interrupts a batch
 between its write and its last reply (a timeout, a cancellation) drops the connection, so that
 no reply is ever read as another command's.
 """
@@ -110,7 +113,8 @@ class RawPipeline:
 def pack(commands: Sequence[Command]) -> bytes:
     """The commands in the Redis protocol (RESP arrays of bulk strings), as one buffer.
 
-    Arguments as redis-py's encoder takes them: bytes as they are, ``str`` in UTF-8, integers
+    Arguments as redis-py's encoder takes them: bytes as they are, ``str`` in UTF-8 (redis-py's
+    default encoding; flowgate's clients set no other), integers
     and floats as their decimal text (``repr`` for floats keeps every digit); anything else
     (``None``, a bool) is a :class:`~redis.exceptions.DataError` before anything is sent.
     """
