@@ -16,8 +16,6 @@ from app.api import chat_socket
 from app.domain.metrics import NO_METRICS
 
 CONNECTS = 6
-# The endpoints' inferred path parameters: Litestar 2's deprecation, hidden outside tests.
-pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated inferred style")
 
 
 def _litestar_sockets() -> int:

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from litestar import WebSocket, websocket
+from litestar.params import FromPath
 from litestar.types import Receive, Send
 
 from app.bootstrap import Container
@@ -226,7 +227,7 @@ async def _close(socket: WebSocket, rejection: Rejection, locale: str) -> None: 
 
 
 @websocket("/api/v1/chat/{flow_id:str}")
-async def chat_endpoint(socket: WebSocket, flow_id: str) -> None:  # type: ignore[type-arg]
+async def chat_endpoint(socket: WebSocket, flow_id: FromPath[str]) -> None:  # type: ignore[type-arg]
     try:
         await serve(socket, flow_id, "chat", socket.app.state.container)
     finally:
@@ -234,7 +235,11 @@ async def chat_endpoint(socket: WebSocket, flow_id: str) -> None:  # type: ignor
 
 
 @websocket("/api/v1/chat/{flow_id:str}/{feature:str}")
-async def feature_endpoint(socket: WebSocket, flow_id: str, feature: str) -> None:  # type: ignore[type-arg]
+async def feature_endpoint(
+    socket: WebSocket,  # type: ignore[type-arg]
+    flow_id: FromPath[str],
+    feature: FromPath[str],
+) -> None:
     try:
         await serve(socket, flow_id, feature, socket.app.state.container)
     finally:
