@@ -8,8 +8,6 @@ algorithm alone, so an HS256 token can never be checked against a public key.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import json
 import time
@@ -88,6 +86,19 @@ def _strict_json(text: str | bytes) -> Any:
 _STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
 
 
+class _StrictPayloadJWT(jwt.PyJWT):
+    """pyjwt, with the payload read strictly (:func:`_strict_json`) where pyjwt reads it: its
+    hook for how a payload is decoded (``_decode_payload``, the one pyjwt's own tests override
+    for compressed payloads). Its own ``json.loads`` keeps the last of two equal keys, and a
+    second, strict parse after it cost a connect 7 µs in the benchmark."""
+
+    def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
+        payload = _strict_json(decoded["payload"])
+        if not isinstance(payload, dict):
+            raise jwt.DecodeError("Invalid payload string: must be a json object")
+        return payload
+
+
 class JWTVerifier:
     def __init__(
         self,
@@ -103,7 +114,7 @@ class JWTVerifier:
         self._audience = settings.audience
         self._issuer = settings.issuer
         self._leeway = settings.leeway
-        self._jwt = jwt.PyJWT(
+        self._jwt = _StrictPayloadJWT(
             options={
                 "require": ["exp"],
                 "verify_aud": settings.audience is not None,
@@ -160,8 +171,6 @@ class JWTVerifier:
             )
         except jwt.PyJWTError as error:
             raise InvalidToken(f"token rejected: {type(error).__name__}: {error}") from None
-        # pyjwt read the payload with the last of two equal keys winning: read it again, strictly.
-        _strict_json(_payload_segment(token))
         return _user(payload)
 
     async def aclose(self) -> None:
@@ -257,15 +266,6 @@ class _CheckedSecret(HMACAlgorithm):
 
     def verify(self, msg: bytes, key: bytes, sig: bytes) -> bool:
         return hmac.compare_digest(sig, self.sign(msg, key))
-
-
-def _payload_segment(token: str) -> bytes:
-    """The decoded payload of a compact JWS that pyjwt has just accepted."""
-    segment = token.split(".")[1]
-    try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):  # pyjwt decoded it a moment ago
-        raise InvalidToken("malformed payload") from None
 
 
 def _user(payload: dict[str, Any]) -> User:
