@@ -4,6 +4,10 @@ The accepted algorithms come from settings only, never from the token's header. 
 algorithm is bound to one key at construction: HS* to the shared secret, the others to the PEM
 public key or, without one, to the keys of the JWKS URL. A token is checked with the key of its
 algorithm alone, so an HS256 token can never be checked against a public key.
+
+With one HMAC algorithm and its secret (the usual configuration) a token is first offered to
+an accept-only fast path (:mod:`app.infra.auth.hmac_tokens`); whatever it does not plainly
+accept, pyjwt decides.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from jwt.algorithms import HMACAlgorithm, get_default_algorithms
 from app.domain.errors import InvalidToken
 from app.domain.frames import MAX_TOKEN_LENGTH
 from app.domain.users import User
+from app.infra.auth.hmac_tokens import HmacTokenCheck
 from app.infra.auth.jwks import JWKSCache
 from app.infra.settings import JWTSettings, SettingsError
 
@@ -125,8 +130,20 @@ class JWTVerifier:
         self._algorithms = frozenset(settings.algorithms)
         self._keys = _static_keys(settings)
         self._only: tuple[str, jwt.PyJWK] | None = None
+        self._fast: HmacTokenCheck | None = None
         if len(self._algorithms) == 1 and len(self._keys) == 1:
             self._only = next(iter(self._keys.items()))
+            alg, key = self._only
+            # A secret short for its hash is left to pyjwt, which warns on every decode.
+            if isinstance(key.Algorithm, _CheckedSecret) and not key.Algorithm.short:
+                self._fast = HmacTokenCheck(
+                    alg,
+                    key.Algorithm.keyed,
+                    audience=settings.audience,
+                    issuer=settings.issuer,
+                    leeway=settings.leeway,
+                    strict_json=_strict_json,
+                )
         self._owned_client: httpx.AsyncClient | None = None
         self._jwks: JWKSCache | None = None
         unbound = self._algorithms - self._keys.keys()
@@ -149,6 +166,8 @@ class JWTVerifier:
     async def verify(self, token: str) -> User:
         if len(token) > MAX_TOKEN_LENGTH:
             raise InvalidToken(f"token longer than {MAX_TOKEN_LENGTH} characters")
+        if self._fast is not None and (payload := self._fast.check(token)) is not None:
+            return _user(payload)  # plainly valid (app.infra.auth.hmac_tokens); else pyjwt
         if self._only is not None:
             # One algorithm, one key: pyjwt checks the header's alg against it while decoding,
             # and the header is read once instead of twice (a fifth of a verify's time).
@@ -244,8 +263,10 @@ class _CheckedSecret(HMACAlgorithm):
     def __init__(self, hash_alg: Any, secret: bytes) -> None:
         super().__init__(hash_alg)
         self._secret = secret
-        self._keyed = hmac.new(secret, digestmod=hash_alg().name)
+        #: Keyed once; copied per signature (see the class docstring).
+        self.keyed = hmac.new(secret, digestmod=hash_alg().name)
         self._length_warning = super().check_key_length(secret)
+        self.short = self._length_warning is not None
 
     def prepare_key(self, key: str | bytes) -> bytes:
         if key is self._secret:
@@ -260,7 +281,7 @@ class _CheckedSecret(HMACAlgorithm):
     def sign(self, msg: bytes, key: bytes) -> bytes:
         if key is not self._secret:
             return super().sign(msg, key)
-        keyed = self._keyed.copy()
+        keyed = self.keyed.copy()
         keyed.update(msg)
         return keyed.digest()
 
