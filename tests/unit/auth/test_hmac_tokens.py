@@ -19,31 +19,17 @@ import pytest
 from app.infra.auth.hmac_tokens import HmacTokenCheck
 from app.infra.auth.jwt_verifier import JWTVerifier, _strict_json
 from app.infra.settings import JWTSettings
+from tests.unit.auth.test_jwt_verifier import HS256, SECRET, _b64
 
-SECRET = "s" * 48
 NOW = time.time()
-HS256 = JWTSettings(
-    algorithms=("HS256",),
-    secret=SECRET,
-    public_key=None,
-    jwks_url=None,
-    audience=None,
-    issuer=None,
-    leeway=0.0,
-)
+PLAIN = dataclasses.replace(HS256, leeway=0.0)
 WITH_AUDIENCE = dataclasses.replace(HS256, audience="flowgate", issuer="bisheng", leeway=30.0)
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def _signed(header: bytes | dict[str, Any], payload: bytes | dict[str, Any]) -> str:
     header_part = _b64(header if isinstance(header, bytes) else json.dumps(header).encode())
     payload_part = _b64(payload if isinstance(payload, bytes) else json.dumps(payload).encode())
-    signing_input = f"{header_part}.{payload_part}".encode()
-    signature = hmac.new(SECRET.encode(), signing_input, hashlib.sha256).digest()
-    return f"{header_part}.{payload_part}.{_b64(signature)}"
+    return _signed_segments(header_part, payload_part)
 
 
 def _signed_segments(header_part: str, payload_part: str) -> str:
@@ -200,7 +186,7 @@ def _fast(settings: JWTSettings) -> HmacTokenCheck:
     return check
 
 
-@pytest.mark.parametrize("settings", [HS256, WITH_AUDIENCE], ids=["plain", "audience+issuer"])
+@pytest.mark.parametrize("settings", [PLAIN, WITH_AUDIENCE], ids=["plain", "audience+issuer"])
 def test_the_fast_path_accepts_only_what_pyjwt_accepts_with_the_same_payload(
     settings: JWTSettings,
 ) -> None:
@@ -220,7 +206,7 @@ def test_the_fast_path_accepts_only_what_pyjwt_accepts_with_the_same_payload(
     assert accepted >= len(usable)
 
 
-@pytest.mark.parametrize("settings", [HS256, WITH_AUDIENCE], ids=["plain", "audience+issuer"])
+@pytest.mark.parametrize("settings", [PLAIN, WITH_AUDIENCE], ids=["plain", "audience+issuer"])
 def test_what_pyjwt_refuses_the_fast_path_leaves_to_it(settings: JWTSettings) -> None:
     check = _fast(settings)
     refused = [t for t in CRAFTED if _pyjwt(settings, t) is None]
@@ -230,16 +216,16 @@ def test_what_pyjwt_refuses_the_fast_path_leaves_to_it(settings: JWTSettings) ->
 
 def test_a_time_claim_is_read_as_pyjwt_reads_it() -> None:
     # pyjwt takes int() of a time claim: a numeric string or a float counts there, so here too.
-    check = _fast(HS256)
+    check = _fast(PLAIN)
     for exp in (str(int(NOW) + 600), NOW + 600.9):
         token = _signed(GOOD_HEADER, _claims(exp=exp))
-        assert check.check(token) == _pyjwt(HS256, token) is not None
+        assert check.check(token) == _pyjwt(PLAIN, token) is not None
 
 
 def test_the_verifier_uses_it_only_for_one_hmac_secret_long_enough() -> None:
     assert JWTVerifier(HS256)._fast is not None
     assert JWTVerifier(dataclasses.replace(HS256, algorithms=("HS256", "HS384")))._fast is None
-    # 48 bytes are short for HS512 (64): pyjwt warns on every decode, so pyjwt decodes.
+    # 54 bytes are short for HS512 (64): pyjwt warns on every decode, so pyjwt decodes.
     assert JWTVerifier(dataclasses.replace(HS256, algorithms=("HS512",)))._fast is None
 
 

@@ -92,9 +92,9 @@ class HmacTokenCheck:
         return payload
 
     def _claims_pass(self, payload: dict[str, Any]) -> bool:
-        """pyjwt's claim checks for flowgate's options: ``exp`` required, ``iat``, ``nbf``,
-        ``exp``, ``iss`` (if configured), ``aud`` (if configured), ``jti``; ``sub`` is not
-        checked (flowgate reads it itself)."""
+        """pyjwt's claim checks for flowgate's options: ``exp`` present and not past, ``iat``
+        and ``nbf`` not ahead, ``iss`` and ``aud`` if configured, ``jti`` a string; ``sub`` is
+        not checked here (flowgate reads it itself)."""
         now, leeway = self._clock(), self._leeway
         if payload.get("exp") is None:
             return False
