@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 
 import pytest
 
 from app.domain.admission import Admission
 from app.domain.connection import Connection
-from app.domain.dispatcher import FrameDispatcher
+from app.domain.dispatcher import FrameDispatcher, _ExpiryTimers
 from app.domain.features.compute import ComputeFeature
 from app.domain.features.translate import TranslateFeature
 from app.domain.flows import Flow, FlowStatus
@@ -130,6 +132,27 @@ async def test_rate_limit_answers_rate_limited_with_retry_after() -> None:
     limited = [f for f in transport.sent if f.get("code") == "rate_limited"]
     assert len(pongs) == 5 and len(limited) == 3
     assert all(0 < float(f["retry_after"]) <= 0.2 for f in limited)  # type: ignore[arg-type]
+
+
+def test_expiry_timers_are_per_loop_and_go_with_their_loop() -> None:
+    # A connection's expiry is kept by its own loop's timers; once a loop is gone, its timers go
+    # too (the cache of the last loop's timers holds neither).
+    async def expiring() -> tuple[_ExpiryTimers, bool]:
+        _dispatcher, transport, _ = connect(
+            ComputeFeature(), user=User(id="alice", expires_at=time.time() + 0.05)
+        )
+        timers = _ExpiryTimers.of_running_loop()
+        await asyncio.sleep(0.2)
+        return timers, transport.closed_with == (1008, "token expired")
+
+    first, closed_first = asyncio.run(expiring())
+    second, closed_second = asyncio.run(expiring())
+    assert closed_first and closed_second
+    assert first is not second
+    gone = weakref.ref(first)
+    del first
+    gc.collect()
+    assert gone() is None
 
 
 async def test_token_expiry_closes_with_1008_unless_refreshed() -> None:

@@ -221,30 +221,39 @@ class _ExpiryTimers:
     live ones, when the heap is rebuilt without them, so closed connections are not kept.
     """
 
-    __slots__ = ("__weakref__", "_cancelled", "_due", "_heap", "_loop", "_sequence", "_timer")
+    __slots__ = ("__weakref__", "_cancelled", "_due", "_heap", "_loop_ref", "_sequence", "_timer")
 
     _of_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ExpiryTimers]] = (
         weakref.WeakKeyDictionary()
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # Weakly: the weak dictionary's entry would otherwise keep its own key (the loop) alive.
+        self._loop_ref = weakref.ref(loop)
         self._heap: list[_Entry] = []
         self._cancelled = 0
         self._timer: asyncio.TimerHandle | None = None
         self._due = math.inf
         self._sequence = itertools.count()
 
+    #: The last one asked for: a process has one loop, and a weak dictionary's look-up makes
+    #: a weak reference per call (one per connect).
+    _last: ClassVar[weakref.ref[_ExpiryTimers] | None] = None
+
     @classmethod
     def of_running_loop(cls) -> _ExpiryTimers:
         loop = asyncio.get_running_loop()
+        last = cls._last() if cls._last is not None else None
+        if last is not None and last._loop_ref() is loop:
+            return last
         timers = cls._of_loop.get(loop)
         if timers is None:
             timers = cls._of_loop[loop] = cls(loop)
+        cls._last = weakref.ref(timers)
         return timers
 
     def add(self, delay: float, dispatcher: FrameDispatcher) -> _Entry:
-        entry = (self._loop.time() + delay, next(self._sequence), dispatcher)
+        entry = (asyncio.get_running_loop().time() + delay, next(self._sequence), dispatcher)
         heapq.heappush(self._heap, entry)
         if entry[0] < self._due:
             self._set_timer(entry[0])
@@ -268,13 +277,13 @@ class _ExpiryTimers:
         if self._timer is not None:
             self._timer.cancel()
         self._due = when
-        self._timer = self._loop.call_at(when, self._fire)
+        self._timer = asyncio.get_running_loop().call_at(when, self._fire)
 
     def _fire(self) -> None:
         self._timer, self._due = None, math.inf
         heap = self._heap
         # A loop timer may run a little before its time: what is due within 1 ms goes now.
-        now = self._loop.time() + 0.001
+        now = asyncio.get_running_loop().time() + 0.001
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
             dispatcher = entry[2]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from app.infra.auth.hmac_tokens import HmacTokenCheck
+from app.infra.auth.hmac_tokens import MAX_KNOWN_HEADERS, HmacTokenCheck
 from app.infra.auth.jwt_verifier import JWTVerifier, _strict_json
 from app.infra.settings import JWTSettings
 from tests.unit.auth.test_jwt_verifier import HS256, SECRET, _b64
@@ -212,6 +212,17 @@ def test_what_pyjwt_refuses_the_fast_path_leaves_to_it(settings: JWTSettings) ->
     refused = [t for t in CRAFTED if _pyjwt(settings, t) is None]
     assert len(refused) > 20  # the corpus does probe pyjwt's refusals
     assert [t for t in refused if check.check(t) is not None] == []
+
+
+def test_remembered_headers_change_no_verdict_and_stay_bounded() -> None:
+    # One check sees every token (refused headers first, then again once good ones are known);
+    # a fresh check per token knows no header: their verdicts must agree on every token.
+    shared = _fast(PLAIN)
+    many_kids = [_signed({"alg": "HS256", "kid": f"k{i}"}, _claims()) for i in range(150)]
+    corpus = CRAFTED + VALID + CRAFTED + many_kids + VALID + _odd_encodings(_claims()) + CRAFTED
+    for token in corpus:
+        assert shared.check(token) == _fast(PLAIN).check(token), token
+    assert 0 < len(shared._known_headers) <= MAX_KNOWN_HEADERS
 
 
 def test_a_time_claim_is_read_as_pyjwt_reads_it() -> None:
