@@ -210,10 +210,12 @@ async def _bounded(coro: Awaitable[Result]) -> Result:
 
 
 async def b1_round_trips(
-    target: Target, sockets: int = 50, requests: int = 400, rounds: int = 5
+    target: Target, sockets: int = 50, requests: int = 400, rounds: int = 15
 ) -> Result:
     """``rounds`` times ``sockets`` x ``requests`` round trips, one in flight per socket (a
-    single 50 x 400 round lasts only ~0.3 s here, too short to time steadily)."""
+    single 50 x 400 round lasts only ~0.3 s here, too short to time steadily; 5 rounds, as
+    until the tenth session, made the echo's window 1.4-2.3 s on this machine, and one
+    neighbour's burst moved a repeat's ratio by 0.1)."""
     clients, errors = await open_clients(target, sockets, "compute", COMPUTE, COMPUTE_REPLY, 8)
     result = Result(errors=errors)
     latencies: list[float] = []
@@ -267,10 +269,11 @@ async def _connect_cycle(port: int, path: str) -> float:
 
 
 async def b2_connects(
-    target: Target, connects: int = 2000, concurrency: int = 8, rate: float = 400.0,
+    target: Target, connects: int = 4000, concurrency: int = 8, rate: float = 400.0,
     rate_connects: int = 2000,
 ) -> Result:
-    """Connects to new chats: every connect claims a chat (one committed INSERT)."""
+    """Connects to new chats: every connect claims a chat (one committed INSERT). 4000 in the
+    closed half (2000 until the tenth session: the echo's window was 0.6-0.7 s here)."""
     result = Result()
     # Warm-up: imports, caches, the database's connection pool.
     await asyncio.gather(*(_connect_cycle(target.port, p) for p in target.paths(16, "compute")))
@@ -358,14 +361,16 @@ async def _cycles(target: Target, paths: list[str], concurrency: int) -> int:
 
 
 async def b2r_reconnects(
-    target: Target, connects: int = 1000, concurrency: int = 8, rate: float = 400.0,
+    target: Target, connects: int = 3000, concurrency: int = 8, rate: float = 400.0,
     rate_connects: int = 1000, seed_concurrency: int = 32,
 ) -> Result:
     """B2's shape, but every connect is a reconnect to a chat that exists (the owner's user,
     a new token) on a process started after the chats were made: what a fleet of clients
     costs a freshly deployed process. Its in-process cache of owners is empty, so each first
-    reconnect asks the database. Half of B2's counts: seeding the chats costs the server as
-    much as B2 itself (2000 + 2000 made one flowgate run last ~45 s)."""
+    reconnect asks the database. 3000 in the closed half (1000 until the tenth session, when
+    the echo's window had become 0.3 s on this machine), 1000 at the fixed rate: seeding the
+    chats costs the server as much as the reconnects (2000 + 2000 once made a flowgate run
+    last ~45 s, on a machine a third as fast)."""
     warm, closed, fixed = (target.new_chats(n) for n in (16, connects, rate_connects))
     # Seed: one connect cycle per chat with its owner's token (not measured). One call of
     # chat_paths per list, as below, so that each chat is reconnected by its owner.
