@@ -132,6 +132,9 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "other_cpu_max_pct": max(
                 (p[s]["figures"].get("other_cpu_pct", 0.0) for p in pairs for s in p), default=0.0
             ),
+            "steal_cpu_max_pct": max(
+                (p[s]["figures"].get("steal_cpu_pct", 0.0) for p in pairs for s in p), default=0.0
+            ),
         }
         for goal in GOALS.get(scenario, []):
             mine = figure("flowgate", goal.metric)
@@ -203,7 +206,8 @@ def table(rows: list[dict[str, Any]]) -> str:
                          f"{row['loadgen_cpu_max_pct']:.0f}% of its core: it may be the bottleneck")
         if row["other_cpu_max_pct"] > 10:
             notes.append(f"{row['scenario']}/{row['backend']}: other processes of the machine used "
-                         f"up to {row['other_cpu_max_pct']:.0f}% of a core during a window: "
+                         f"up to {row['other_cpu_max_pct']:.0f}% of a core during a window "
+                         f"(the hypervisor's steal: up to {row['steal_cpu_max_pct']:.0f}%): "
                          "figures disturbed")
         if any(row["errors"].values()):
             notes.append(f"{row['scenario']}/{row['backend']}: errors {row['errors']}")

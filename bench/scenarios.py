@@ -80,7 +80,10 @@ class Window:
     server_cpu: float = 0.0
     loadgen_cpu: float = 0.0
     stores_cpu: float = 0.0  # PostgreSQL and Redis processes
-    machine_cpu: float = 0.0  # every process of the machine
+    machine_cpu: float = 0.0  # every process of the machine, and the time the VM lost
+    #: Time the hypervisor ran something else while this VM's cores wanted to run (``steal``):
+    #: part of "other", counted apart so that a window's disturbance says where it came from.
+    steal_cpu: float = 0.0
 
     def figures(self) -> dict[str, float]:
         wall = self.wall or 1e-9
@@ -91,6 +94,7 @@ class Window:
             "loadgen_cpu_pct": 100.0 * self.loadgen_cpu / wall,
             "stores_cpu_pct": 100.0 * self.stores_cpu / wall,
             "other_cpu_pct": max(0.0, 100.0 * others / wall),
+            "steal_cpu_pct": 100.0 * self.steal_cpu / wall,
         }
 
 
@@ -109,7 +113,11 @@ def _stores_cpu() -> dict[int, float]:
 
 def _machine_cpu() -> float:
     t = psutil.cpu_times()
-    return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
+    return t.user + t.nice + t.system + t.irq + t.softirq + _steal(t)
+
+
+def _steal(times: object | None = None) -> float:
+    return float(getattr(times if times is not None else psutil.cpu_times(), "steal", 0.0))
 
 
 @contextmanager
@@ -120,7 +128,7 @@ def measure(server: Server) -> Iterator[Window]:
     if server.profile_to is not None:
         path = server.profile_to.with_name(f"{server.profile_to.stem}-{next(_counter)}.txt")
         profiler = Profiler(server.pid, path)
-    stores0, machine0 = _stores_cpu(), _machine_cpu()
+    stores0, machine0, steal0 = _stores_cpu(), _machine_cpu(), _steal()
     cpu0, own0, t0 = server.cpu_seconds(), time.process_time(), time.perf_counter()
     try:
         yield window
@@ -129,6 +137,7 @@ def measure(server: Server) -> Iterator[Window]:
         window.server_cpu = server.cpu_seconds() - cpu0
         window.loadgen_cpu = time.process_time() - own0
         window.machine_cpu = _machine_cpu() - machine0
+        window.steal_cpu = _steal() - steal0
         stores1 = _stores_cpu()
         window.stores_cpu = sum(v - stores0.get(pid, 0.0) for pid, v in stores1.items())
         if profiler is not None:
