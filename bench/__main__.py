@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out / f"{stamp}-{run_id}"
     out.mkdir(parents=True, exist_ok=True)
+    servers.compile_bytecode()
     fds = servers.raise_fd_limit()
     pinning = servers.plan_pinning()
     secret = servers.new_secret()

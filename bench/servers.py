@@ -64,6 +64,19 @@ def plan_pinning() -> Pinning:
     return Pinning(server, loadgen)
 
 
+def compile_bytecode() -> None:
+    """Bytecode for flowgate and the packages it runs on, as a deployed image holds it
+    (``make install`` compiles ``src`` alone). The servers and CLI processes run with
+    ``PYTHONDONTWRITEBYTECODE=1`` (as on CI machines), so none of them writes it: without this,
+    a fresh clone's every process compiled each module it imported, and ``app flows list``
+    took 1.6-1.9 s instead of 0.7. A second run only compares file times (under a second)."""
+    import compileall
+    import sysconfig
+
+    for path in (ROOT / "src", Path(sysconfig.get_paths()["purelib"])):
+        compileall.compile_dir(path, quiet=2, workers=0)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
