@@ -17,8 +17,8 @@ lenient: ``tests/unit/auth/test_hmac_tokens.py`` holds it to pyjwt's answer on v
 and malformed tokens.
 
 Measured: 8.8 against 18.2 µs per verify in a tight loop (6.4 since accepted header segments
-are remembered); in the benchmark's connects (8 at a
-time, new chats on PostgreSQL) the server's CPU per connect went 0.675 → 0.646 ms.
+are remembered); in the benchmark's connects (8 at a time, new chats on PostgreSQL) the
+server's CPU per connect went 0.675 → 0.646 ms.
 """
 
 from __future__ import annotations
