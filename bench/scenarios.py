@@ -111,13 +111,11 @@ def _stores_cpu() -> dict[int, float]:
     return seen
 
 
-def _machine_cpu() -> float:
+def _machine_cpu() -> tuple[float, float]:
+    """CPU seconds of the whole machine (the hypervisor's steal included), and the steal."""
     t = psutil.cpu_times()
-    return t.user + t.nice + t.system + t.irq + t.softirq + _steal(t)
-
-
-def _steal(times: object | None = None) -> float:
-    return float(getattr(times if times is not None else psutil.cpu_times(), "steal", 0.0))
+    steal = getattr(t, "steal", 0.0)
+    return t.user + t.nice + t.system + t.irq + t.softirq + steal, steal
 
 
 @contextmanager
@@ -128,7 +126,7 @@ def measure(server: Server) -> Iterator[Window]:
     if server.profile_to is not None:
         path = server.profile_to.with_name(f"{server.profile_to.stem}-{next(_counter)}.txt")
         profiler = Profiler(server.pid, path)
-    stores0, machine0, steal0 = _stores_cpu(), _machine_cpu(), _steal()
+    stores0, (machine0, steal0) = _stores_cpu(), _machine_cpu()
     cpu0, own0, t0 = server.cpu_seconds(), time.process_time(), time.perf_counter()
     try:
         yield window
@@ -136,8 +134,8 @@ def measure(server: Server) -> Iterator[Window]:
         window.wall = time.perf_counter() - t0
         window.server_cpu = server.cpu_seconds() - cpu0
         window.loadgen_cpu = time.process_time() - own0
-        window.machine_cpu = _machine_cpu() - machine0
-        window.steal_cpu = _steal() - steal0
+        machine1, steal1 = _machine_cpu()
+        window.machine_cpu, window.steal_cpu = machine1 - machine0, steal1 - steal0
         stores1 = _stores_cpu()
         window.stores_cpu = sum(v - stores0.get(pid, 0.0) for pid, v in stores1.items())
         if profiler is not None:

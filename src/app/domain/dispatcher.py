@@ -221,35 +221,27 @@ class _ExpiryTimers:
     live ones, when the heap is rebuilt without them, so closed connections are not kept.
     """
 
-    __slots__ = ("__weakref__", "_cancelled", "_due", "_heap", "_loop_ref", "_sequence", "_timer")
+    __slots__ = ("__weakref__", "_cancelled", "_due", "_heap", "_sequence", "_timer")
 
     _of_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ExpiryTimers]] = (
         weakref.WeakKeyDictionary()
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        # Weakly: the weak dictionary's entry would otherwise keep its own key (the loop) alive.
-        self._loop_ref = weakref.ref(loop)
+    def __init__(self) -> None:
+        # No reference to the loop (each method asks for the running one, its own): the weak
+        # dictionary's entry would otherwise keep its own key alive, and every loop with it.
         self._heap: list[_Entry] = []
         self._cancelled = 0
         self._timer: asyncio.TimerHandle | None = None
         self._due = math.inf
         self._sequence = itertools.count()
 
-    #: The last one asked for: a process has one loop, and a weak dictionary's look-up makes
-    #: a weak reference per call (one per connect).
-    _last: ClassVar[weakref.ref[_ExpiryTimers] | None] = None
-
     @classmethod
     def of_running_loop(cls) -> _ExpiryTimers:
         loop = asyncio.get_running_loop()
-        last = cls._last() if cls._last is not None else None
-        if last is not None and last._loop_ref() is loop:
-            return last
         timers = cls._of_loop.get(loop)
         if timers is None:
-            timers = cls._of_loop[loop] = cls(loop)
-        cls._last = weakref.ref(timers)
+            timers = cls._of_loop[loop] = cls()
         return timers
 
     def add(self, delay: float, dispatcher: FrameDispatcher) -> _Entry:
