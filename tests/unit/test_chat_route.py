@@ -11,7 +11,7 @@ from litestar import Litestar
 from litestar.exceptions import WebSocketDisconnect
 from litestar.testing import TestClient
 
-from app.api.chat_socket import chat_endpoint, feature_endpoint
+from app.api.chat_socket import chat_endpoint
 from app.domain.metrics import NO_METRICS
 from app.domain.rejections import Rejected, Rejection
 
@@ -29,7 +29,7 @@ class RecordingAdmission:
 
 def _app() -> tuple[Litestar, RecordingAdmission]:
     admission = RecordingAdmission()
-    app = Litestar([chat_endpoint, feature_endpoint])
+    app = Litestar([chat_endpoint])
     app.state.container = SimpleNamespace(
         draining=False,
         metrics=NO_METRICS,

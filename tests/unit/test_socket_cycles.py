@@ -1,6 +1,7 @@
-"""A socket whose handler has returned is freed by reference counting: Litestar's WebSocket
+"""A socket whose handler has returned is freed by reference counting. Litestar's WebSocket
 holds itself through its ``send``/``receive`` wrappers, and with it the server's whole
-connection, which only the cyclic collector could free (app.api.chat_socket.unlink)."""
+connection, which only the cyclic collector could free; the chat handler gives the socket the
+server's own callables instead (app.api.chat_socket.unwrap)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def _litestar_sockets() -> int:
 def _sockets_left_after_connects() -> int:
     """Litestar WebSocket objects still in memory after CONNECTS sockets to the real chat
     endpoint (a draining process: accepted, closed 1012, returned), with the collector off."""
-    app = Litestar([chat_socket.chat_endpoint, chat_socket.feature_endpoint])
-    # Draining: serve() accepts, closes 1012 and returns; nothing else of the container is used.
+    app = Litestar([chat_socket.chat_endpoint])
+    # Draining: the handler accepts, closes 1012 and returns; nothing else of the container is used.
     app.state.container = SimpleNamespace(
         draining=True, metrics=NO_METRICS, settings=SimpleNamespace(locale="en")
     )
@@ -52,9 +53,9 @@ def test_a_closed_socket_is_freed_without_the_cyclic_collector() -> None:
     assert _sockets_left_after_connects() == 0
 
 
-def test_without_unlinking_each_socket_waits_for_the_collector(
+def test_with_litestars_wrappers_kept_each_socket_waits_for_the_collector(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # What the test above rules out really happens without the fix (else it checks nothing).
-    monkeypatch.setattr(chat_socket, "unlink", lambda socket: None)
+    monkeypatch.setattr(chat_socket, "unwrap", lambda socket: socket.receive)
     assert _sockets_left_after_connects() == CONNECTS

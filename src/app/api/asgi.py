@@ -13,7 +13,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, YamlRenderPlugin
 
 from app.api.asyncapi import VERSION as ASYNCAPI_VERSION
 from app.api.asyncapi import asyncapi_json
-from app.api.chat_socket import chat_endpoint, feature_endpoint
+from app.api.chat_socket import chat_endpoint
 from app.api.graceful_shutdown import GracefulShutdown
 from app.api.health import health, ready
 from app.api.logs import configure_logging
@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # by a quarter; past start-up the oldest generation is small, so a storm of connects
         # (2,000 sockets re-admitted) paid three full walks, 0.2-0.6 s of its CPU. After a
         # hundred instead, a storm pays none; a process of many sockets is held back by the
-        # quarter rule as before. Sockets make no cycles (chat_socket.unlink), so what waits
+        # quarter rule as before. Sockets make no cycles (chat_socket.unwrap), so what waits
         # for a full collection is little.
         young, middle, _ = gc.get_threshold()
         gc.set_threshold(young, middle, FULL_COLLECTION_AFTER)
@@ -65,7 +65,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[
             chat_endpoint,
-            feature_endpoint,
             health,
             ready,
             asyncapi_json,

@@ -36,8 +36,9 @@ _QUERY_KEYS = frozenset(("t", "chat_id", "version_id"))
 #: anyway, and the connection takes any error of a send for a peer gone), and
 #: ``capture_response_started`` watches for ``http.response.start``, which a socket never
 #: sends. Yet each is a coroutine call per frame (in the benchmark, most of Litestar's share of
-#: a frame), so the frames go to the server's own callables; the handshake and the close still
-#: go through Litestar. Any other wrapper (a middleware someone adds) is kept.
+#: a frame), and the first two are closures that hold the socket (:func:`unwrap`), so a chat
+#: socket is given the server's own callables before its handshake. Any other wrapper (a
+#: middleware someone adds) is kept.
 _LITESTAR_WRAPPERS = frozenset(
     {
         "WebSocket.send_wrapper.<locals>.wrapped_send",
@@ -142,7 +143,7 @@ async def _admit(
     """The admission, or None once the socket is closed with the reason.
 
     A coroutine of its own, so that the request (and its raw token) is gone with its frame
-    once admitted, instead of living in :func:`serve`'s frame as long as the socket.
+    once admitted, instead of living in :func:`chat_endpoint`'s frame as long as the socket.
     """
     locale, metrics = container.settings.locale, container.metrics
     try:
@@ -171,12 +172,22 @@ async def _admit(
     return None
 
 
-async def serve(socket: WebSocket, flow_id: str, feature_name: str, container: Container) -> None:  # type: ignore[type-arg]
-    """Accept, admit, then pump frames into the session until the socket closes.
+# The container comes from the app, not from an injected ``state: State`` parameter, for which
+# Litestar would build a State (and its RLock) per connection, kept as long as the socket.
 
-    The receive loop is inline (not a coroutine of its own): each idle socket keeps every
-    frame of its await chain alive, so one frame fewer is memory saved per connection.
+
+@websocket(["/api/v1/chat/{flow_id:str}", "/api/v1/chat/{flow_id:str}/{feature:str}"])
+async def chat_endpoint(socket: WebSocket, flow_id: FromPath[str]) -> None:  # type: ignore[type-arg]
+    """Both chat routes (the feature is the path's second segment, else ``chat``): accept,
+    admit, then pump frames into the session until the socket closes.
+
+    One handler for both paths, with the receive loop inline, not a coroutine of its own that
+    each route's handler would await: an idle socket keeps every coroutine of its await chain
+    alive, so each one fewer is memory saved per connection.
     """
+    feature_name: str = socket.scope["path_params"].get("feature", "chat")
+    container: Container = socket.app.state.container
+    receive = unwrap(socket)
     await socket.accept()
     if container.draining:  # SIGTERM: this process is going; the client retries elsewhere
         container.metrics.admission(Rejection.SERVICE_RESTART)
@@ -197,7 +208,6 @@ async def serve(socket: WebSocket, flow_id: str, feature_name: str, container: C
         await _close(socket, Rejection.INTERNAL, container.settings.locale)
         await container.admission.release(admission)
         return
-    receive: Receive = server_callable(socket.receive, "receive")  # see _LITESTAR_WRAPPERS
     try:
         while session.open:
             event = await receive()
@@ -222,43 +232,19 @@ async def _close(socket: WebSocket, rejection: Rejection, locale: str) -> None: 
     await socket.close(code=rejection.code, reason=rejection.reason(locale))
 
 
-# The container comes from the app, not from an injected ``state: State`` parameter, for which
-# Litestar would build a State (and its RLock) per connection, kept as long as the socket.
+def unwrap(socket: WebSocket) -> Receive:  # type: ignore[type-arg]
+    """Give the socket the server's own ``send`` and ``receive`` (see ``_LITESTAR_WRAPPERS``);
+    the server's ``receive``.
 
-
-@websocket("/api/v1/chat/{flow_id:str}")
-async def chat_endpoint(socket: WebSocket, flow_id: FromPath[str]) -> None:  # type: ignore[type-arg]
-    try:
-        await serve(socket, flow_id, "chat", socket.app.state.container)
-    finally:
-        unlink(socket)
-
-
-@websocket("/api/v1/chat/{flow_id:str}/{feature:str}")
-async def feature_endpoint(
-    socket: WebSocket,  # type: ignore[type-arg]
-    flow_id: FromPath[str],
-    feature: FromPath[str],
-) -> None:
-    try:
-        await serve(socket, flow_id, feature, socket.app.state.container)
-    finally:
-        unlink(socket)
-
-
-def unlink(socket: WebSocket) -> None:  # type: ignore[type-arg]
-    """Break the reference cycle Litestar's socket makes with itself, once it is done.
-
-    ``WebSocket.__init__`` keeps ``send_wrapper``'s and ``receive_wrapper``'s closures, which
-    hold the socket, as its ``send`` and ``receive``: a cycle, which holds the server's
-    callables and through them the whole connection (uvicorn's protocol, its parser, buffers,
-    headers, the transport: about 60 objects). Only the cyclic collector could free them, and
-    in the benchmark it ran for ~8 % of the server's CPU on connects. Without the cycle they
-    go as the handler returns. Litestar does not touch the socket after its handler.
+    Litestar's wrappers are closures that hold the socket: a reference cycle, which holds the
+    server's callables and through them the whole connection (uvicorn's protocol, its parser,
+    buffers, headers, the transport: about 60 objects) until the cyclic collector runs, which
+    in the benchmark cost ~8 % of the server's CPU on connects. Without them the socket is
+    freed as its handler returns, and an idle socket does not keep the two closures. Litestar
+    does not use them after the handler: an error that leaves the handler is answered by its
+    exception middleware through that middleware's own ``send``.
     """
-    socket.receive = _socket_done
-    socket.send = _socket_done
-
-
-async def _socket_done(*_: object) -> Any:
-    raise RuntimeError("the socket's handler has returned")
+    receive: Receive = server_callable(socket.receive, "receive")
+    socket.receive = receive
+    socket.send = server_callable(socket.send, "send")
+    return receive
