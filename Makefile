@@ -28,7 +28,7 @@ bench: install
 	$(UV) run python -m bench
 
 lint: install
-	$(UV) run ruff check src tests examples
+	$(UV) run ruff check src tests examples bench
 	$(UV) run mypy src examples/sentiment/src
 
 # Starts the local PostgreSQL and Redis that the integration tests use, if they are not up.

@@ -1,10 +1,10 @@
 """``python -m bench``: run the scenarios against flowgate and the bare echo app, print the table.
 
-    python -m bench                                  # everything (make bench), ~15 minutes
-    python -m bench --scenarios B1,B3 --repeats 3 --backend embedded
-    python -m bench --quick                          # smaller loads, one repeat: a smoke test
-    python -m bench --scenarios B1 --backend pg --profile   # py-spy profiles of flowgate
-    python -m bench --scenarios B2 --profile --native        # ... with C frames (syscalls)
+python -m bench                                  # everything (make bench), ~15 minutes
+python -m bench --scenarios B1,B3 --repeats 3 --backend embedded
+python -m bench --quick                          # smaller loads, one repeat: a smoke test
+python -m bench --scenarios B1 --backend pg --profile   # py-spy profiles of flowgate
+python -m bench --scenarios B2 --profile --native        # ... with C frames (syscalls)
 """
 
 from __future__ import annotations
@@ -44,10 +44,18 @@ QUICK = {
 #: Which backends each scenario runs on (B5, STORM and B6 need PostgreSQL and Redis: they
 #: are about several processes on one backend, or the turn log and bus). B4H on pg only:
 #: the heartbeats are uvicorn's on both, and its run is long.
-SCENARIO_BACKENDS = {"B1": ("embedded", "pg"), "B2": ("embedded", "pg"),
-                     "B2R": ("embedded", "pg"), "B3": ("embedded", "pg"),
-                     "B4": ("embedded", "pg"), "B4H": ("pg",), "B5": ("pg",),
-                     "STORM": ("pg",), "B6": ("pg",), "CLI": ("embedded", "pg")}
+SCENARIO_BACKENDS = {
+    "B1": ("embedded", "pg"),
+    "B2": ("embedded", "pg"),
+    "B2R": ("embedded", "pg"),
+    "B3": ("embedded", "pg"),
+    "B4": ("embedded", "pg"),
+    "B4H": ("pg",),
+    "B5": ("pg",),
+    "STORM": ("pg",),
+    "B6": ("pg",),
+    "CLI": ("embedded", "pg"),
+}
 #: Settings a scenario's servers run with on top of the run's (both servers are restarted
 #: into them, and out of them for the next scenario, only when they change). B4: no
 #: heartbeat in its idle window for either server; every other scenario runs the default
@@ -62,21 +70,39 @@ DEFAULT_SCENARIOS = "B1,B2,B2R,B3,B4,B4H,B5,STORM,B6,CLI"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", default=DEFAULT_SCENARIOS,
-                        help=f"comma-separated ids (default: all, {DEFAULT_SCENARIOS})")
-    parser.add_argument("--backend", default="embedded,pg",
-                        help="embedded, pg, or both (default); B5 runs on pg only")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--scenarios",
+        default=DEFAULT_SCENARIOS,
+        help=f"comma-separated ids (default: all, {DEFAULT_SCENARIOS})",
+    )
+    parser.add_argument(
+        "--backend",
+        default="embedded,pg",
+        help="embedded, pg, or both (default); B5 runs on pg only",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default 3)")
-    parser.add_argument("--ws", default="websockets-sansio",
-                        choices=("websockets-sansio", "websockets", "wsproto"),
-                        help="uvicorn's WebSocket implementation, for both servers")
+    parser.add_argument(
+        "--ws",
+        default="websockets-sansio",
+        choices=("websockets-sansio", "websockets", "wsproto"),
+        help="uvicorn's WebSocket implementation, for both servers",
+    )
     parser.add_argument("--quick", action="store_true", help="smaller loads (a smoke test)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also profile flowgate with py-spy, one extra run per scenario")
-    parser.add_argument("--native", action="store_true",
-                        help="with --profile: C frames too (py-spy --native; pauses per sample)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile flowgate with py-spy, one extra run per scenario",
+    )
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="with --profile: C frames too (py-spy --native; pauses per sample)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where raw results go")
     args = parser.parse_args(argv)
     args.scenarios = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
@@ -116,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     def tokens(n: int) -> list[str]:
         # A distinct token per connection (a distinct `name` claim); 100 users.
         return [
-            issue_token(jwt_settings, user_id=f"bench-u{i % 100}", name=f"n{next(serial)}",
-                        ttl_seconds=3600)
+            issue_token(
+                jwt_settings, user_id=f"bench-u{i % 100}", name=f"n{next(serial)}", ttl_seconds=3600
+            )
             for i in range(n)
         ]
 
@@ -149,9 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir = servers.make_workdir(out, run_id)
     try:
         for backend_name in args.backend:
-            todo = [s for s in args.scenarios
-                    if backend_name in SCENARIO_BACKENDS[s]
-                    or (s in ("B5", "B4H") and "pg" not in args.backend)]
+            todo = [
+                s
+                for s in args.scenarios
+                if backend_name in SCENARIO_BACKENDS[s]
+                or (s in ("B5", "B4H") and "pg" not in args.backend)
+            ]
             if not todo:
                 continue
             if backend_name == "pg":
@@ -162,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             backend = Backend.create(backend_name, run_id, workdir)
             backends_used[backend_name] = backend.describe
             try:
-                run_backend(args, env, backend, todo, tokens, run_id, out, pinning,
-                                       profiles, records)
+                run_backend(
+                    args, env, backend, todo, tokens, run_id, out, pinning, profiles, records
+                )
             except Exception as exc:  # report what the other backends measured
                 print(f"backend {backend_name} failed: {exc}", file=sys.stderr)
                 failures.append(f"{backend_name}: {exc}"[:500])
@@ -175,15 +206,24 @@ def main(argv: list[str] | None = None) -> int:
         servers.remove_workdir(workdir)
 
     rows = report.summarize(records)
-    text = "\n".join(header) + "\nbackends:\n" + "\n".join(
-        f"  {name}: {what}" for name, what in backends_used.items()
-    ) + ("\nFAILED: " + "\nFAILED: ".join(failures) if failures else "") + f"\ntotal time {time.monotonic() - started:.0f} s\n\n" + report.table(rows) + "\n"
+    text = (
+        "\n".join(header)
+        + "\nbackends:\n"
+        + "\n".join(f"  {name}: {what}" for name, what in backends_used.items())
+        + ("\nFAILED: " + "\nFAILED: ".join(failures) if failures else "")
+        + f"\ntotal time {time.monotonic() - started:.0f} s\n\n"
+        + report.table(rows)
+        + "\n"
+    )
     print("\n" + text)
     (out / "table.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(
-        {"header": header, "backends": backends_used, "records": records, "summary": rows},
-        indent=1, default=str,
-    ))
+    (out / "results.json").write_text(
+        json.dumps(
+            {"header": header, "backends": backends_used, "records": records, "summary": rows},
+            indent=1,
+            default=str,
+        )
+    )
     for path in profiles:
         if path.exists():
             (path.with_suffix(".summary.txt")).write_text(summarize_profile(path))
@@ -194,14 +234,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_backend(
-    args: argparse.Namespace, env: dict[str, str], backend: Backend, todo: list[str],
-    tokens: Any, run_id: str, out: Path, pinning: servers.Pinning, profiles: list[Path],
+    args: argparse.Namespace,
+    env: dict[str, str],
+    backend: Backend,
+    todo: list[str],
+    tokens: Any,
+    run_id: str,
+    out: Path,
+    pinning: servers.Pinning,
+    profiles: list[Path],
     done: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
     server_env = env | backend.env
     print(f"\n== backend {backend.name}: {backend.describe}", flush=True)
     flow_id = servers.prepare_flowgate(server_env, out)
-    fg = Server("flowgate", server_env, args.ws, pinning.server, out / f"flowgate-{backend.name}.log")
+    fg = Server(
+        "flowgate", server_env, args.ws, pinning.server, out / f"flowgate-{backend.name}.log"
+    )
     echo = Server("echo", server_env, args.ws, pinning.server, out / f"echo-{backend.name}.log")
     records = done
     try:
@@ -222,20 +271,31 @@ def run_backend(
                     target.server.check_alive()
                     result = asyncio.run(run_scenario(scenario, target, **options))
                     target.server.check_alive()
-                    records.append({
-                        "scenario": scenario, "backend": backend.name, "server": target.name,
-                        "repeat": repeat, "figures": result.figures, "errors": result.errors,
-                    })
+                    records.append(
+                        {
+                            "scenario": scenario,
+                            "backend": backend.name,
+                            "server": target.name,
+                            "repeat": repeat,
+                            "figures": result.figures,
+                            "errors": result.errors,
+                        }
+                    )
                     shown = ", ".join(f"{k}={v:.4g}" for k, v in result.figures.items())
-                    print(f"  {scenario} #{repeat} {target.name:8s} {time.monotonic() - t0:5.1f}s "
-                          f"errors={result.errors} {shown}", flush=True)
+                    print(
+                        f"  {scenario} #{repeat} {target.name:8s} {time.monotonic() - t0:5.1f}s "
+                        f"errors={result.errors} {shown}",
+                        flush=True,
+                    )
             if args.profile:
                 fg.profile_to = out / f"profile-{scenario}-{backend.name}"
                 try:
                     asyncio.run(run_scenario(scenario, targets[0], **options))
                 except Exception as exc:  # a sampled server is slower: its run may time out
-                    print(f"  {scenario} profiled run failed ({exc!r}); its samples are kept",
-                          file=sys.stderr)
+                    print(
+                        f"  {scenario} profiled run failed ({exc!r}); its samples are kept",
+                        file=sys.stderr,
+                    )
                 finally:
                     fg.profile_to = None
                 print(f"  {scenario} profiled: {', '.join(p.name for p in fg.profiles)}")

@@ -21,6 +21,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
+from sqlalchemy import text
+from sqlalchemy.dialects import postgresql
+
 from app.domain.chats import ChatSession
 from app.infra.sql.claims import _POSTGRES_CLAIM, ChatClaims
 from app.infra.sql.config import make_plain_sqlalchemy_config
@@ -28,8 +31,6 @@ from app.infra.sql.lanes import DriverLanes
 from app.infra.sql.models import ChatSessionRow
 from app.infra.sql.sessions import unit_of_work
 from bench.servers import _pg_admin
-from sqlalchemy import text
-from sqlalchemy.dialects import postgresql
 
 # Named parameters for SQLAlchemy's text(); the adapter's own statement uses $1..$4.
 _TEXT_CLAIM = text(
@@ -48,7 +49,9 @@ async def measure(url: str, n: int) -> list[tuple[str, float]]:
     lanes = DriverLanes(engine)
     claims = ChatClaims(engine, lanes)
     run = uuid.uuid4().hex[:8]
-    orm_insert = postgresql.insert(ChatSessionRow).on_conflict_do_nothing(index_elements=["chat_id"])
+    orm_insert = postgresql.insert(ChatSessionRow).on_conflict_do_nothing(
+        index_elements=["chat_id"]
+    )
 
     def ids(way: str, i: int, k: int) -> list[str]:
         return [f"{run}-{way}-{i}-{j}" for j in range(k)]
@@ -57,18 +60,30 @@ async def measure(url: str, n: int) -> list[tuple[str, float]]:
         async with unit_of_work(sessions) as db:
             for chat_id in ids("orm", i, k):
                 await db.execute(
-                    orm_insert.values(chat_id=chat_id, flow_id="f", user_id="u", created_at=datetime.now(UTC))
+                    orm_insert.values(
+                        chat_id=chat_id, flow_id="f", user_id="u", created_at=datetime.now(UTC)
+                    )
                 )
             await db.commit()
 
     async def core_text(i: int, k: int) -> None:
         async with autocommit.connect() as connection:
-            (await connection.execute(_TEXT_CLAIM, {
-                "ids": ids("core", i, k), "flows": ["f"] * k, "users": ["u"] * k, "now": datetime.now(UTC),
-            })).all()
+            (
+                await connection.execute(
+                    _TEXT_CLAIM,
+                    {
+                        "ids": ids("core", i, k),
+                        "flows": ["f"] * k,
+                        "users": ["u"] * k,
+                        "now": datetime.now(UTC),
+                    },
+                )
+            ).all()
 
     async def adapter(i: int, k: int) -> None:  # what flowgate runs (k = 1: no batch formed)
-        await asyncio.gather(*(claims.claim(ChatSession(c, "f", "u")) for c in ids("adapter", i, k)))
+        await asyncio.gather(
+            *(claims.claim(ChatSession(c, "f", "u")) for c in ids("adapter", i, k))
+        )
 
     ways: list[tuple[str, Callable[[int, int], Awaitable[None]], int]] = [
         ("AsyncSession, ORM-built insert, one per claim", session_orm, 1),
@@ -101,8 +116,13 @@ def main() -> None:
     url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}"
     try:
         env = os.environ | {"FLOWGATE_DATABASE_URL": url}
-        subprocess.run([sys.executable, "-m", "app", "database", "upgrade", "--no-prompt"],
-                       env=env, check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "app", "database", "upgrade", "--no-prompt"],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         for name, micros in asyncio.run(measure(url, args.n)):
             print(f"{micros:8.0f} µs CPU per claim  {name}")
     finally:

@@ -44,8 +44,14 @@ _N_PIECES = int(os.environ.get("BENCH_ECHO_PIECES", len(_PIECES)))
 
 def _frame(type_: str, message: str, chat_id: str, turn_id: str, **extra: Any) -> str:
     frame = _Frame(
-        type=type_, category=extra.pop("category", "answer"), is_bot=extra.pop("is_bot", True),
-        message=message, chat_id=chat_id, flow_id=_FLOW_ID, user_id="bench-u0", turn_id=turn_id,
+        type=type_,
+        category=extra.pop("category", "answer"),
+        is_bot=extra.pop("is_bot", True),
+        message=message,
+        chat_id=chat_id,
+        flow_id=_FLOW_ID,
+        user_id="bench-u0",
+        turn_id=turn_id,
         **extra,
     )
     return _encode(frame).decode()
@@ -80,7 +86,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         request = _decode(event.get("text") or event.get("bytes") or b"{}")
         action = request.get("action")
         if action == "compute":
-            await send({"type": "websocket.send", "text": '{"result":%s}' % float(request["data"]) ** 2})
+            await send(
+                {"type": "websocket.send", "text": '{"result":%s}' % float(request["data"]) ** 2}
+            )
         elif action == "ping":
             await send({"type": "websocket.send", "text": _PONG})
         elif "inputs" in request:
@@ -92,12 +100,22 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 async def _turn(send: Any, question: str, chat_id: str) -> None:
     turn_id = f"t-{uuid.uuid4().hex[:12]}"
     out = []
-    await send({"type": "websocket.send", "text": _frame(
-        "begin", question, chat_id, turn_id, category="question", is_bot=False, message_id=1)})
+    await send(
+        {
+            "type": "websocket.send",
+            "text": _frame(
+                "begin", question, chat_id, turn_id, category="question", is_bot=False, message_id=1
+            ),
+        }
+    )
     await send({"type": "websocket.send", "text": _frame("start", "", chat_id, turn_id)})
     for piece in _PIECES[:_N_PIECES]:
         out.append(piece)
         await send({"type": "websocket.send", "text": _frame("stream", piece, chat_id, turn_id)})
-    await send({"type": "websocket.send", "text": _frame(
-        "end", "".join(out), chat_id, turn_id, message_id=2, status="complete")})
+    await send(
+        {
+            "type": "websocket.send",
+            "text": _frame("end", "".join(out), chat_id, turn_id, message_id=2, status="complete"),
+        }
+    )
     await send({"type": "websocket.send", "text": _frame("close", "", chat_id, turn_id)})

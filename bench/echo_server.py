@@ -1,4 +1,5 @@
-"""``python -m bench.echo_server --port P --ws IMPL``: the echo app under flowgate's uvicorn settings.
+"""``python -m bench.echo_server --port P --ws IMPL``: the echo app under flowgate's uvicorn
+settings.
 
 The keyword arguments mirror ``app run`` (src/app/cli/serve.py) and read the same ``FLOWGATE_*``
 settings, so that both servers differ only in the application.

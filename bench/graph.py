@@ -1,4 +1,5 @@
-"""The flow the benchmark creates: ChatInput -> ScriptedModel (200 words, no delay) -> ChatOutput."""
+"""The flow the benchmark creates: ChatInput -> ScriptedModel (200 words, no delay) ->
+ChatOutput."""
 
 from __future__ import annotations
 

@@ -63,9 +63,21 @@ class Profiler:
         self.output = output
         how = ["--native"] if NATIVE else ["--nonblocking"]
         self.proc = subprocess.Popen(
-            [exe, "record", "--pid", str(pid), "--rate", str(NATIVE_RATE if NATIVE else rate),
-             "--format", "raw", "--output", str(output), *how],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                str(NATIVE_RATE if NATIVE else rate),
+                "--format",
+                "raw",
+                "--output",
+                str(output),
+                *how,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         time.sleep(1.0)  # attach before the window opens
 
@@ -117,8 +129,19 @@ def _area(frame: str) -> str:
     return AREAS.get(top, "other")
 
 
-_ROOTS = ("<frozen", "click/", "rich_click/", "asyncio/runners", "uvicorn/main", "uvicorn/server",
-          "uvicorn/_compat", "app/cli/", "app/__main__", "litestar/cli/", "threading")
+_ROOTS = (
+    "<frozen",
+    "click/",
+    "rich_click/",
+    "asyncio/runners",
+    "uvicorn/main",
+    "uvicorn/server",
+    "uvicorn/_compat",
+    "app/cli/",
+    "app/__main__",
+    "litestar/cli/",
+    "threading",
+)
 
 
 def _is_root(name: str) -> bool:
@@ -140,8 +163,11 @@ def summarize(path: Path, top: int = 25) -> str:
         for name in {_name(f) for f in frames}:
             inclusive[name] += count
         areas[_area(frames[-1])] += count
-    lines = [f"{path.name}: {total} busy samples (py-spy, main thread; self time by package of "
-             "the innermost frame)", ""]
+    lines = [
+        f"{path.name}: {total} busy samples (py-spy, main thread; self time by package of "
+        "the innermost frame)",
+        "",
+    ]
     lines += [f"  {100 * n / total:5.1f}%  {a}" for a, n in areas.most_common()]
     lines += ["", f"self time, top {top}:"]
     lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]

@@ -1,4 +1,5 @@
-"""The scenarios B1-B6, B2R, B4H, STORM and CLI (see bench/README.md). Each runs against one server and returns figures.
+"""The scenarios B1-B6, B2R, B4H, STORM and CLI (see bench/README.md). Each runs against one
+server and returns figures.
 
 Every scenario is bounded: a fixed amount of work under one overall deadline
 (:data:`SCENARIO_DEADLINE`), and every connect or close under its own timeout.
@@ -8,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator
-import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,14 +63,20 @@ class Target:
         batch = next(_counter)
         return [f"b{self.run_tag}-{batch}-{i}" for i in range(n)]
 
-    def chat_paths(self, chats: list[str], feature: str | None, flow_id: str | None = None,
-                   ) -> list[str]:
+    def chat_paths(
+        self,
+        chats: list[str],
+        feature: str | None,
+        flow_id: str | None = None,
+    ) -> list[str]:
         """A URL per chat, each with a new token. ``tokens`` gives the i-th token of every
         call to the same user (100 users, i % 100), so calling this again with the same list
         reconnects each chat as its owner."""
         base = f"/api/v1/chat/{flow_id or self.flow_id}" + (f"/{feature}" if feature else "")
-        return [f"{base}?t={token}&chat_id={chat}"
-                for chat, token in zip(chats, self.tokens(len(chats)), strict=True)]
+        return [
+            f"{base}?t={token}&chat_id={chat}"
+            for chat, token in zip(chats, self.tokens(len(chats)), strict=True)
+        ]
 
 
 @dataclass
@@ -276,7 +283,10 @@ async def _connect_cycle(port: int, path: str) -> float:
 
 
 async def b2_connects(
-    target: Target, connects: int = 4000, concurrency: int = 8, rate: float = 400.0,
+    target: Target,
+    connects: int = 4000,
+    concurrency: int = 8,
+    rate: float = 400.0,
     rate_connects: int = 2000,
 ) -> Result:
     """Connects to new chats: every connect claims a chat (one committed INSERT). 4000 in the
@@ -284,14 +294,24 @@ async def b2_connects(
     result = Result()
     # Warm-up: imports, caches, the database's connection pool.
     await asyncio.gather(*(_connect_cycle(target.port, p) for p in target.paths(16, "compute")))
-    await _connect_phases(target, result, target.paths(connects, "compute"),
-                          target.paths(rate_connects, "compute"), concurrency, rate)
+    await _connect_phases(
+        target,
+        result,
+        target.paths(connects, "compute"),
+        target.paths(rate_connects, "compute"),
+        concurrency,
+        rate,
+    )
     return result
 
 
 async def _connect_phases(
-    target: Target, result: Result, closed_paths: list[str], fixed_paths: list[str],
-    concurrency: int, rate: float,
+    target: Target,
+    result: Result,
+    closed_paths: list[str],
+    fixed_paths: list[str],
+    concurrency: int,
+    rate: float,
 ) -> None:
     """B2's two halves (B2R's too): connect cycles ``concurrency`` at a time as fast as they
     go, then open-loop at a fixed ``rate``, latency counted from each cycle's scheduled start."""
@@ -368,8 +388,12 @@ async def _cycles(target: Target, paths: list[str], concurrency: int) -> int:
 
 
 async def b2r_reconnects(
-    target: Target, connects: int = 3000, concurrency: int = 8, rate: float = 400.0,
-    rate_connects: int = 1000, seed_concurrency: int = 32,
+    target: Target,
+    connects: int = 3000,
+    concurrency: int = 8,
+    rate: float = 400.0,
+    rate_connects: int = 1000,
+    seed_concurrency: int = 32,
 ) -> Result:
     """B2's shape, but every connect is a reconnect to a chat that exists (the owner's user,
     a new token) on a process started after the chats were made: what a fleet of clients
@@ -388,8 +412,14 @@ async def b2r_reconnects(
     target.server.restart()
     result = Result(errors=failed)
     await _cycles(target, target.chat_paths(warm, "compute"), 8)  # warm-up, as B2's
-    await _connect_phases(target, result, target.chat_paths(closed, "compute"),
-                          target.chat_paths(fixed, "compute"), concurrency, rate)
+    await _connect_phases(
+        target,
+        result,
+        target.chat_paths(closed, "compute"),
+        target.chat_paths(fixed, "compute"),
+        concurrency,
+        rate,
+    )
     return result
 
 
@@ -614,7 +644,10 @@ async def b5_streaming(target: Target, chats: int = 100, rounds: int = 3) -> Res
 
 
 async def storm_reconnects(
-    target: Target, sockets: int = 2000, in_flight: int = 512, attempts: int = 20,
+    target: Target,
+    sockets: int = 2000,
+    in_flight: int = 512,
+    attempts: int = 20,
     open_concurrency: int = 16,
 ) -> Result:
     """``sockets`` chat sockets on server A (each its own chat, so each known to the backend);
@@ -630,8 +663,9 @@ async def storm_reconnects(
     b.start()
     try:
         chats = target.new_chats(sockets)
-        opened, errors = await _open_paths(target, a.port, target.chat_paths(chats, None),
-                                           open_concurrency)
+        opened, errors = await _open_paths(
+            target, a.port, target.chat_paths(chats, None), open_concurrency
+        )
         # Each socket reconnects to its own chat, with a new token of its owner (made now,
         # not inside the timed storm).
         again_all = target.chat_paths(chats, None)
@@ -671,8 +705,9 @@ async def storm_reconnects(
         # --profile: A's drain as well (it shares the servers' core with B), SIGTERM to exit.
         drain_profile = None
         if a.profile_to is not None:
-            drain_profile = Profiler(a.pid, a.profile_to.with_name(
-                f"{a.profile_to.stem}-drain-{next(_counter)}.txt"))
+            drain_profile = Profiler(
+                a.pid, a.profile_to.with_name(f"{a.profile_to.stem}-drain-{next(_counter)}.txt")
+            )
         with measure(b) as window:
             a_cpu = [a.cpu_seconds()]
             sigterm = time.perf_counter()
@@ -685,20 +720,24 @@ async def storm_reconnects(
             a.profiles.append(drain_profile.output)
         await close_clients(reconnected, graceful=False)
         storm = (max(admitted_at) - sigterm) if len(admitted_at) == len(clients) else float("nan")
-        result = Result(errors=errors + failed, figures={
-            "storm_s": storm,
-            "storm_reconnect_p50_ms": 1e3 * percentile(reconnect_s, 50),
-            "storm_reconnect_p99_ms": 1e3 * percentile(reconnect_s, 99),
-            # When A had closed its last socket, and when its process had exited.
-            "storm_last_close_s": max(closed_at, default=float("nan")) - sigterm,
-            "storm_a_exit_s": a_exit - sigterm if a_exit is not None else float("nan"),
-            # A's CPU from SIGTERM to its exit: both processes share the servers' core.
-            "storm_a_cpu_s": a_cpu[-1] - a_cpu[0],
-            "storm_refused": float(refused),
-            "storm_not_1012": float(sum(n for code, n in codes.items() if code != 1012)),
-            "storm_admitted_per_s": len(admitted_at) / max(1e-9, max(admitted_at, default=sigterm) - sigterm),
-            **window.figures(),
-        })
+        result = Result(
+            errors=errors + failed,
+            figures={
+                "storm_s": storm,
+                "storm_reconnect_p50_ms": 1e3 * percentile(reconnect_s, 50),
+                "storm_reconnect_p99_ms": 1e3 * percentile(reconnect_s, 99),
+                # When A had closed its last socket, and when its process had exited.
+                "storm_last_close_s": max(closed_at, default=float("nan")) - sigterm,
+                "storm_a_exit_s": a_exit - sigterm if a_exit is not None else float("nan"),
+                # A's CPU from SIGTERM to its exit: both processes share the servers' core.
+                "storm_a_cpu_s": a_cpu[-1] - a_cpu[0],
+                "storm_refused": float(refused),
+                "storm_not_1012": float(sum(n for code, n in codes.items() if code != 1012)),
+                "storm_admitted_per_s": len(admitted_at)
+                / max(1e-9, max(admitted_at, default=sigterm) - sigterm),
+                **window.figures(),
+            },
+        )
         if any(code != 1012 for code in codes):
             print(f"    {target.name}: close codes at SIGTERM {codes}")
         return result
@@ -727,8 +766,12 @@ async def _exit_time(server: Server, timeout: float, cpu: list[float]) -> float 
     return None
 
 
-async def _open_paths(target: Target, port: int, paths: list[str], concurrency: int,
-                      ) -> tuple[list[tuple[int, WSClient]], int]:
+async def _open_paths(
+    target: Target,
+    port: int,
+    paths: list[str],
+    concurrency: int,
+) -> tuple[list[tuple[int, WSClient]], int]:
     """Chat sockets on ``port``, one ``ping`` answered each: (index of its path, socket) for
     those opened, and how many failed."""
     clients: list[tuple[int, WSClient]] = []
@@ -789,8 +832,12 @@ def _record(data: bytes, at: float, seen: dict[tuple[str, int], float]) -> _Seq:
     return frame
 
 
-async def _stamped_pair(a_port: int, b_port: int, path_a: str, path_b: str,
-                        ) -> tuple[StampedClient, StampedClient]:
+async def _stamped_pair(
+    a_port: int,
+    b_port: int,
+    path_a: str,
+    path_b: str,
+) -> tuple[StampedClient, StampedClient]:
     pair = []
     for port, path in ((a_port, path_a), (b_port, path_b)):  # A first: it claims the chat
         client = await StampedClient.connect(port, path, timeout=30)
@@ -802,8 +849,13 @@ async def _stamped_pair(a_port: int, b_port: int, path_a: str, path_b: str,
     return pair[0], pair[1]
 
 
-async def _b6_load(target: Target, b: Server, flow_id: str, chats: int, turns: int,
-                   ) -> tuple[dict[str, float], int]:
+async def _b6_load(
+    target: Target,
+    b: Server,
+    flow_id: str,
+    chats: int,
+    turns: int,
+) -> tuple[dict[str, float], int]:
     a = target.server
     ids = target.new_chats(chats)
     paths_a, paths_b = target.chat_paths(ids, None, flow_id), target.chat_paths(ids, None, flow_id)
@@ -878,7 +930,9 @@ async def _b6_load(target: Target, b: Server, flow_id: str, chats: int, turns: i
 
 
 async def b6_cross_process(
-    target: Target, loads: tuple[int, ...] = (10, 30), turns: int = 3,
+    target: Target,
+    loads: tuple[int, ...] = (10, 30),
+    turns: int = 3,
     delay: float = B6_PIECE_DELAY,
 ) -> Result:
     """Two flowgate processes on the same PostgreSQL + Redis: A = the target's server (on the
@@ -890,10 +944,13 @@ async def b6_cross_process(
     from bench import servers as servers_mod
 
     a = target.server
-    flow_id = servers_mod.create_flow(a.env | a.extra_env,
-                                      a.log_path.with_name("graph-b6.json"), "bench-b6", delay)
-    b = a.sibling(_log_beside(a, "b6"),
-                  pin=frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None)
+    flow_id = servers_mod.create_flow(
+        a.env | a.extra_env, a.log_path.with_name("graph-b6.json"), "bench-b6", delay
+    )
+    b = a.sibling(
+        _log_beside(a, "b6"),
+        pin=frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+    )
     b.start()
     result = Result()
     try:
@@ -930,8 +987,12 @@ async def cli_startup(target: Target, runs: int = 7) -> Result:
     def once(args: list[str]) -> float:
         t0 = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "app", *args], env=env, cwd=ROOT, capture_output=True,
-            timeout=60, check=False,
+            [sys.executable, "-m", "app", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            timeout=60,
+            check=False,
             preexec_fn=(lambda: os.sched_setaffinity(0, pin)) if pin else None,
         )
         took = time.perf_counter() - t0
@@ -943,8 +1004,10 @@ async def cli_startup(target: Target, runs: int = 7) -> Result:
     for name, args in (("help", ["--help"]), ("flows_list", ["flows", "list"])):
         await asyncio.to_thread(once, args)  # untimed: page cache, bytecode
         times = [await asyncio.to_thread(once, args) for _ in range(runs)]
-        result.figures |= {f"cli_{name}_min_s": min(times),
-                           f"cli_{name}_median_s": statistics.median(times)}
+        result.figures |= {
+            f"cli_{name}_min_s": min(times),
+            f"cli_{name}_median_s": statistics.median(times),
+        }
     return result
 
 

@@ -50,7 +50,8 @@ class Pinning:
     def describe(self) -> str:
         if self.server is None:
             return "not pinned (sched_setaffinity unavailable or a single core)"
-        return f"server on core(s) {sorted(self.server)}, load generator on {sorted(self.loadgen or ())}"
+        loadgen = sorted(self.loadgen or ())
+        return f"server on core(s) {sorted(self.server)}, load generator on {loadgen}"
 
 
 def plan_pinning() -> Pinning:
@@ -177,7 +178,12 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> str:
     """``python -m app ...`` with ``env``; its stdout, or an error with its stderr."""
     done = subprocess.run(
         [sys.executable, "-m", "app", *args],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"app {' '.join(args)} failed:\n{done.stderr[-2000:]}")
@@ -193,8 +199,18 @@ def prepare_flowgate(env: dict[str, str], workdir: Path) -> str:
 def create_flow(env: dict[str, str], graph_file: Path, name: str, delay: float = 0) -> str:
     """An online flow of :func:`bench.graph.graph` (``delay`` s before each piece); its id."""
     graph_file.write_text(json.dumps(graph(delay)))
-    out = run_cli(env, "flows", "create", "--name", name, "--owner", "bench-owner",
-                  "--graph", str(graph_file), "--online")
+    out = run_cli(
+        env,
+        "flows",
+        "create",
+        "--name",
+        name,
+        "--owner",
+        "bench-owner",
+        "--graph",
+        str(graph_file),
+        "--online",
+    )
     return out.splitlines()[-1].strip()
 
 
@@ -227,10 +243,27 @@ class Server:
 
     def command(self) -> list[str]:
         if self.kind == "flowgate":
-            return [sys.executable, "-m", "app", "run", "--host", "127.0.0.1",
-                    "--port", str(self.port), "--ws", self.ws]
-        return [sys.executable, "-m", "bench.echo_server", "--port", str(self.port),
-                "--ws", self.ws]
+            return [
+                sys.executable,
+                "-m",
+                "app",
+                "run",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--ws",
+                self.ws,
+            ]
+        return [
+            sys.executable,
+            "-m",
+            "bench.echo_server",
+            "--port",
+            str(self.port),
+            "--ws",
+            self.ws,
+        ]
 
     def start(self, timeout: float = 60.0) -> None:
         self.port = free_port()
@@ -238,8 +271,13 @@ class Server:
         preexec = (lambda: os.sched_setaffinity(0, pin)) if pin else None
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            self.command(), env=self.env | self.extra_env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=preexec, start_new_session=True,
+            self.command(),
+            env=self.env | self.extra_env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=preexec,
+            start_new_session=True,
         )
         log.close()
         self.ps = psutil.Process(self.proc.pid)
@@ -247,8 +285,9 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.kind} exited at start; see {self.log_path}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.5
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
             ):
                 return
             time.sleep(0.1)
@@ -283,8 +322,14 @@ class Server:
     def sibling(self, log_path: Path, pin: frozenset[int] | None = None) -> Server:
         """Another (not yet started) process of the same kind and settings: the second
         process of B6, or the one a reconnect storm moves to."""
-        return Server(self.kind, self.env, self.ws, pin if pin is not None else self.pin,
-                      log_path, extra_env=dict(self.extra_env))
+        return Server(
+            self.kind,
+            self.env,
+            self.ws,
+            pin if pin is not None else self.pin,
+            log_path,
+            extra_env=dict(self.extra_env),
+        )
 
     def sigterm(self) -> None:
         assert self.proc is not None
@@ -294,7 +339,12 @@ class Server:
         """Become ``other``'s process (after a storm moved the traffic there): this one must
         have exited. Saves starting a third process."""
         self.stop()
-        self.proc, self.ps, self.port, self.log_path = other.proc, other.ps, other.port, other.log_path
+        self.proc, self.ps, self.port, self.log_path = (
+            other.proc,
+            other.ps,
+            other.port,
+            other.log_path,
+        )
         self.extra_env = other.extra_env
         other.proc = other.ps = None
 
@@ -318,7 +368,10 @@ class Server:
         try:
             tasks = os.listdir(f"/proc/{self.pid}/task")
             for tid in tasks:
-                with contextlib.suppress(OSError), open(f"/proc/{self.pid}/task/{tid}/schedstat") as f:
+                with (
+                    contextlib.suppress(OSError),
+                    open(f"/proc/{self.pid}/task/{tid}/schedstat") as f,
+                ):
                     total += int(f.read().split()[0])
         except OSError:
             return self.cpu_seconds()

@@ -52,7 +52,14 @@ class WSClient(asyncio.Protocol):
     """One connection. ``recv()`` returns the payload of the next text/binary message."""
 
     __slots__ = (
-        "_buf", "_closed", "_handshake", "_messages", "_waiter", "close_code", "pings", "transport",
+        "_buf",
+        "_closed",
+        "_handshake",
+        "_messages",
+        "_waiter",
+        "close_code",
+        "pings",
+        "transport",
     )
 
     def __init__(self) -> None:
