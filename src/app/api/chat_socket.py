@@ -233,8 +233,8 @@ async def _close(socket: WebSocket, rejection: Rejection, locale: str) -> None: 
 
 
 def unwrap(socket: WebSocket) -> Receive:  # type: ignore[type-arg]
-    """Give the socket the server's own ``send`` and ``receive`` (see ``_LITESTAR_WRAPPERS``);
-    the server's ``receive``.
+    """Give the socket the server's own ``send`` and ``receive`` (see ``_LITESTAR_WRAPPERS``),
+    and return that ``receive``.
 
     Litestar's wrappers are closures that hold the socket: a reference cycle, which holds the
     server's callables and through them the whole connection (uvicorn's protocol, its parser,
