@@ -1,5 +1,6 @@
-"""The socket transport sends and receives through the server's own ASGI callables, under
-Litestar's per-frame wrappers (app.api.chat_socket._LITESTAR_WRAPPERS), and keeps any other."""
+"""A chat socket sends and receives through the server's own ASGI callables, under Litestar's
+per-frame wrappers (app.api.chat_socket._LITESTAR_WRAPPERS, taken off by ``unwrap``), and
+keeps any other."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from litestar import Litestar, WebSocket, websocket
 from litestar.testing import TestClient
 
-from app.api.chat_socket import _LITESTAR_WRAPPERS, SocketTransport, server_callable
+from app.api.chat_socket import _LITESTAR_WRAPPERS, SocketTransport, server_callable, unwrap
 
 
 def test_frames_skip_litestars_wrappers_and_still_reach_the_client() -> None:
@@ -16,10 +17,10 @@ def test_frames_skip_litestars_wrappers_and_still_reach_the_client() -> None:
 
     @websocket("/ws")
     async def echo(socket: WebSocket) -> None:  # type: ignore[type-arg]
+        seen["wrapped"] = [socket.send.__qualname__, socket.receive.__qualname__]
+        receive = unwrap(socket)
         await socket.accept()
         transport = SocketTransport(socket)
-        receive = server_callable(socket.receive, "receive")
-        seen["wrapped"] = [socket.send.__qualname__, socket.receive.__qualname__]
         seen["unwrapped"] = [transport._send.__qualname__, receive.__qualname__]
         event = await receive()
         await transport.send(event["text"].upper().encode())

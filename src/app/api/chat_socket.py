@@ -62,11 +62,13 @@ def server_callable(wrapped: Callable[..., Any], name: str) -> Callable[..., Any
 
 
 class SocketTransport:
+    """Frames out of a socket that :func:`unwrap` has given the server's own callables."""
+
     __slots__ = ("_send", "_socket")
 
     def __init__(self, socket: WebSocket) -> None:  # type: ignore[type-arg]
         self._socket = socket
-        self._send: Send = server_callable(socket.send, "send")
+        self._send: Send = socket.send
 
     async def send(self, data: bytes) -> None:
         # Raw ASGI event: the server needs ``str`` for a text frame, nothing else to wrap.
