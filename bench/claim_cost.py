@@ -27,7 +27,6 @@ from sqlalchemy.dialects import postgresql
 from app.domain.chats import ChatSession
 from app.infra.sql.claims import _POSTGRES_CLAIM, ChatClaims
 from app.infra.sql.config import make_plain_sqlalchemy_config
-from app.infra.sql.lanes import DriverLanes
 from app.infra.sql.models import ChatSessionRow
 from app.infra.sql.sessions import unit_of_work
 from bench.servers import _pg_admin
@@ -46,8 +45,7 @@ async def measure(url: str, n: int) -> list[tuple[str, float]]:
     engine = config.get_engine()
     sessions = config.create_session_maker()
     autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-    lanes = DriverLanes(engine)
-    claims = ChatClaims(engine, lanes)
+    claims = ChatClaims(engine, postgres=True)
     run = uuid.uuid4().hex[:8]
     orm_insert = postgresql.insert(ChatSessionRow).on_conflict_do_nothing(
         index_elements=["chat_id"]
@@ -88,7 +86,11 @@ async def measure(url: str, n: int) -> list[tuple[str, float]]:
     ways: list[tuple[str, Callable[[int, int], Awaitable[None]], int]] = [
         ("AsyncSession, ORM-built insert, one per claim", session_orm, 1),
         ("Core text on a pooled AUTOCOMMIT connection, one per claim", core_text, 1),
-        ("flowgate's adapter (driver fetch on a pooled connection), one per claim", adapter, 1),
+        (
+            "flowgate's adapter (driver fetch on a lane, commit without flush), one per claim",
+            adapter,
+            1,
+        ),
         ("flowgate's adapter, 8 concurrent claims (one statement)", adapter, 8),
         ("flowgate's adapter, 64 concurrent claims (one statement)", adapter, 64),
     ]
@@ -102,7 +104,6 @@ async def measure(url: str, n: int) -> list[tuple[str, float]]:
             await way(i, k)
         results.append((name, (time.process_time() - started) / (rounds * k) * 1e6))
     await claims.aclose()
-    await lanes.aclose()
     await engine.dispose()
     return results
 

@@ -274,6 +274,8 @@ def compose(
         stores_down=health.any_down,
         process_id=adapters.process_id,
         owners=adapters.owners,
+        # Late-bound: the sessions, made next, need the admission.
+        on_claim_lost=lambda chat_id: sessions.claim_lost(chat_id),
     )
     sessions = Sessions(
         features=features,

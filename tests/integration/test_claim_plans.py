@@ -49,7 +49,7 @@ async def test_a_claim_on_a_fresh_database_is_planned_as_index_lookups(
     engine: AsyncEngine,
 ) -> None:
     lanes = DriverLanes(engine)
-    claims = ChatClaims(engine, lanes)
+    claims = ChatClaims(engine, postgres=True)
     try:
         async with asyncio.timeout(20):
             # A few chats, as a new deployment's first connects make them.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from polyfactory.factories.msgspec_factory import MsgspecFactory
@@ -253,7 +254,9 @@ class CountingChats(FakeChatRepository):
         return await super().claim_session(session)
 
 
-def two_processes(world: World) -> tuple[AdmissionService, CountingChats, InProcessChatOwners]:
+def two_processes(
+    world: World, on_claim_lost: Callable[[str], None] = lambda chat_id: None
+) -> tuple[AdmissionService, CountingChats, InProcessChatOwners]:
     """``world.service`` rebuilt as process one, and process two beside it: one database,
     one shared store (connection counts and owners), each its own memory of owners."""
     store = MemoryStore()
@@ -272,6 +275,7 @@ def two_processes(world: World) -> tuple[AdmissionService, CountingChats, InProc
             counter=InProcessConnectionCounter(store),
             process_id=name,
             owners=owners,
+            on_claim_lost=on_claim_lost,
         )
 
     world.service = process("one")
@@ -327,3 +331,62 @@ async def test_without_a_remembered_owner_the_database_decides(world: World) -> 
     assert chats.asked == 2  # asked again, and remembered again
     await world.admit(world.owner, flow_id=flow_id, chat_id="c1")
     assert chats.asked == 2
+
+
+# -- claims the store answers before they are durable (ChatRepository.claim_durability) ----
+
+
+def unflushed(chats: FakeChatRepository, chat_id: str) -> asyncio.Future[bool]:
+    """Have the store answer the next claims of ``chat_id`` before they are durable."""
+    future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    chats.unflushed_claims[chat_id] = future
+    return future
+
+
+async def test_an_unflushed_claim_admits_at_once_and_is_remembered_once_durable(
+    world: World,
+) -> None:
+    flow_id = await online_flow(world)
+    two, chats, owners = two_processes(world)
+    flushed = unflushed(chats, "c1")
+    await world.admit(world.owner, flow_id=flow_id, chat_id="c1")  # the chat is theirs at once
+    assert chats.asked == 1
+    assert await world.rejection(world.stranger, flow_id=flow_id, chat_id="c1") is (
+        Rejection.FORBIDDEN
+    )
+    assert chats.asked == 2  # neither this process nor the shared cache trusted it yet
+
+    flushed.set_result(True)
+    await asyncio.sleep(0)  # the future's callbacks run
+    del chats.unflushed_claims["c1"]
+    world.service = two
+    await world.admit(world.owner, flow_id=flow_id, chat_id="c1")
+    assert await world.rejection(world.stranger, flow_id=flow_id, chat_id="c1") is (
+        Rejection.FORBIDDEN
+    )
+    assert chats.asked == 2  # remembered for every process once durable
+    assert await owners.lookup("c1") == ChatSession("c1", flow_id, world.owner.id)
+
+
+async def test_a_claim_the_store_lost_closes_its_chat_and_is_not_remembered(
+    world: World,
+) -> None:
+    flow_id = await online_flow(world)
+    lost: list[str] = []
+    _, chats, owners = two_processes(world, on_claim_lost=lost.append)
+    flushed = unflushed(chats, "c1")
+    first = await world.admit(world.owner, flow_id=flow_id, chat_id="c1")
+    flushed.set_result(False)  # the database restarted before it flushed the claim
+    await asyncio.sleep(0)
+    assert lost == ["c1"]
+    assert await owners.lookup("c1") is None
+    await world.service.release(first)  # its socket was closed
+
+    # Known lost when the claim is answered: refused (1013), and the connection not counted.
+    for _ in range(3):
+        assert await world.rejection(world.owner, flow_id=flow_id, chat_id="c1") is (
+            Rejection.SERVICE_UNAVAILABLE
+        )
+    del chats.unflushed_claims["c1"]
+    await world.admit(world.owner, flow_id=flow_id, chat_id="c1")  # claimed again
+    await world.admit(world.owner, flow_id=flow_id, chat_id="c2")  # the limit (2) not spent

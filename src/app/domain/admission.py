@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 from collections.abc import Awaitable, Callable, Container
 from enum import StrEnum
+from functools import partial
 
 import msgspec
 
@@ -86,7 +88,10 @@ class AdmissionService:
         stores_down: Callable[[], bool] = lambda: False,
         process_id: str = "p",
         owners: ChatOwnerCache | None = None,
+        on_claim_lost: Callable[[str], None] = lambda chat_id: None,
     ) -> None:
+        """``on_claim_lost(chat_id)``: the store lost a claim that connections of the chat were
+        admitted on (it restarted before the claim was durable): close them."""
         self._verifier = verifier
         self._flows = flows
         self._chats = chats
@@ -101,6 +106,7 @@ class AdmissionService:
         #: a chat this process has not seen asks the chat repository).
         self._owners: dict[str, ChatSession] = {}
         self._shared_owners = owners
+        self._on_claim_lost = on_claim_lost
 
     async def admit(self, request: AdmissionRequest) -> Admission:
         """The admission, or :class:`Rejected` with the first rule that failed."""
@@ -211,8 +217,9 @@ class AdmissionService:
         """Rule 4c, then rule 6; a new chat id becomes this user's at once (one statement).
 
         Ownership never changes once claimed, so it is remembered, here and in the shared
-        cache: a reconnect to a chat that any process has seen costs no query. At the
-        connection limit a read decides between Forbidden and too many connections.
+        cache, once the store has made the claim durable: a reconnect to a chat that any
+        process has seen costs no query. At the connection limit a read decides between
+        Forbidden and too many connections.
         """
         owner = self._owners.get(chat_id)
         if owner is None and remembered is not None:
@@ -228,13 +235,31 @@ class AdmissionService:
             # Two first connections may race for a new id: the store lets exactly one win.
             mine = ChatSession(chat_id=chat_id, flow_id=flow.id, user_id=user.id)
             owner = await self._chats.claim_session(mine)
-            if self._shared_owners is not None:
-                self._shared_owners.remember(owner)
-            self._remember_here(owner)
+            durable = self._chats.claim_durability(chat_id)
+            if durable is None:
+                self._learned(owner)
+            elif durable.done():
+                self._claim_settled(owner, durable)
+                if not _durable(durable):
+                    raise Rejected(Rejection.SERVICE_UNAVAILABLE, "the chat's claim was lost")
+            else:  # decided at once; remembered (or its sockets closed) when the store says
+                durable.add_done_callback(partial(self._claim_settled, owner))
         if not _owns(owner, user, flow):
             raise Rejected(Rejection.FORBIDDEN)
         if not counted:
             raise Rejected(Rejection.TOO_MANY_CONNECTIONS)
+
+    def _learned(self, owner: ChatSession) -> None:
+        """An owner the store will not forget: remembered here and for every process."""
+        if self._shared_owners is not None:
+            self._shared_owners.remember(owner)
+        self._remember_here(owner)
+
+    def _claim_settled(self, owner: ChatSession, durable: asyncio.Future[bool]) -> None:
+        if _durable(durable):
+            self._learned(owner)
+        else:
+            self._on_claim_lost(owner.chat_id)
 
     def _remember_here(self, owner: ChatSession) -> None:
         if len(self._owners) >= OWNER_CACHE_SIZE:
@@ -248,6 +273,10 @@ class AdmissionService:
         if record is None or record.status != BuildStatus.SUCCESS or record.graph_data is None:
             raise Rejected(Rejection.BUILD_NOT_PASSED)
         return record.graph_data
+
+
+def _durable(future: asyncio.Future[bool]) -> bool:
+    return not future.cancelled() and future.exception() is None and future.result()
 
 
 def _owns(session: ChatSession, user: User, flow: Flow) -> bool:

@@ -6,6 +6,7 @@ Each port holds only the methods the domain really calls. Every adapter raises
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from datetime import datetime
 from typing import Protocol
@@ -45,6 +46,14 @@ class ChatRepository(Protocol):
         Atomic: of two concurrent claims of a new id exactly one wins, and both callers get
         the winner back, so the caller can compare owners.
         """
+        ...
+
+    def claim_durability(self, chat_id: str) -> asyncio.Future[bool] | None:
+        """Whether what :meth:`claim_session` last answered here for ``chat_id`` would survive
+        a crash of the store: None if it would already; else a future that becomes True once
+        it would, or False if the store may have lost it (it restarted first). A store may
+        answer a claim before it is durable; until then the caller trusts it for this admission
+        only (it caches nothing), and the chat's other calls wait for it or fail."""
         ...
 
     async def add_message(self, message: NewMessage) -> ChatMessage:

@@ -8,6 +8,7 @@ registry and the per-user count — is tied together here.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -99,6 +100,20 @@ class Sessions:
         self.limits = limits
         self.metrics = metrics
 
+    def claim_lost(self, chat_id: str) -> None:
+        """The store lost the claim that this chat's connections here were admitted on (it
+        restarted before the claim was durable): each is closed with 1013, to reconnect and
+        claim the chat again. Nothing was stored in the chat meanwhile (the repository makes
+        its calls wait for the claim)."""
+        for connection in self.registry:
+            if connection.chat_id == chat_id and not connection.closed:
+                logger.warning("chat %s: its claim was lost in a database restart", chat_id)
+                task = asyncio.get_running_loop().create_task(
+                    connection.close(Rejection.SERVICE_UNAVAILABLE)
+                )
+                _closing.add(task)
+                task.add_done_callback(_closing.discard)
+
     async def open(self, admission: Admission, transport: Transport) -> SocketSession:
         feature = self.features.get(admission.feature)
         assert feature is not None  # admission checked it
@@ -116,3 +131,7 @@ class Sessions:
             await session.close()
             raise
         return session
+
+
+#: The closes :meth:`Sessions.claim_lost` started (asyncio keeps only weak references).
+_closing: set[asyncio.Task[None]] = set()

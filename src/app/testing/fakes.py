@@ -95,6 +95,9 @@ class FakeChatRepository(_Switch):
     def __init__(self) -> None:
         self.sessions: dict[str, ChatSession] = {}
         self.messages: list[ChatMessage] = []
+        #: Claims that a test has the store answer before they are durable (see
+        #: ``ChatRepository.claim_durability``): chat id -> the future of their durability.
+        self.unflushed_claims: dict[str, asyncio.Future[bool]] = {}
         self._ids = itertools.count(1)
 
     async def get_session(self, chat_id: str) -> ChatSession | None:
@@ -104,6 +107,10 @@ class FakeChatRepository(_Switch):
     async def claim_session(self, session: ChatSession) -> ChatSession:
         self._check()
         return self.sessions.setdefault(session.chat_id, session)
+
+    def claim_durability(self, chat_id: str) -> asyncio.Future[bool] | None:
+        """None (durable at once), unless a test put a future in ``unflushed_claims``."""
+        return self.unflushed_claims.get(chat_id)
 
     async def add_message(self, message: NewMessage) -> ChatMessage:
         self._check()

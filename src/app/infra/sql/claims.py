@@ -22,13 +22,19 @@ that claims the ids still free, and on PostgreSQL a second for the owners of the
 
 The database arbitrates, so a claim is atomic across processes: of two first connections to
 a new id, exactly one inserts it, and the other reads the winner's row.
+
+On PostgreSQL a claim commits without waiting for the WAL's flush, and
+:meth:`ChatClaims.durability` tells when it is flushed (:mod:`app.infra.sql.claim_fence`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, cast
 
 from sqlalchemy import Table
@@ -36,9 +42,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.domain.chats import ChatSession
 from app.infra.batching import Batcher
+from app.infra.sql.claim_fence import ClaimFence
 from app.infra.sql.lanes import DriverLanes
 from app.infra.sql.models import ChatSessionRow
 from app.infra.sql.sqlite_lane import SqliteLane, transaction
+
+logger = logging.getLogger(__name__)
 
 _TABLE = cast(Table, ChatSessionRow.__table__)
 
@@ -62,33 +71,117 @@ _SQLITE_CLAIM = (
 _SQLITE_OWNERS = "SELECT chat_id, flow_id, user_id FROM chat_session WHERE chat_id IN ({})"
 
 
+#: A claim's answer, and on PostgreSQL the future of its flush (None: durable already).
+_Claimed = tuple[ChatSession, "asyncio.Future[bool] | None"]
+#: How often a claim whose flush the fence could not prove is made again before it is lost.
+CLAIMS_AGAIN = 2
+
+
 class ChatClaims:
     """``await claims.claim(session)``: the chat's owner, ``session`` itself if the id was free."""
 
-    def __init__(self, engine: AsyncEngine, lanes: DriverLanes | None) -> None:
-        """``lanes``: where the statements run on PostgreSQL (its owner closes them); None on
-        SQLite, whose lane the claims keep themselves (the engine's file)."""
-        self._lanes = lanes
+    def __init__(self, engine: AsyncEngine, *, postgres: bool) -> None:
+        """On PostgreSQL the claims keep lanes of their own that commit without the flush
+        (and a fence that sees it); on SQLite a lane of its own on the engine's file."""
+        self._lanes: DriverLanes | None = None
+        self._fence: ClaimFence | None = None
         self._sqlite: SqliteLane | None = None
-        if lanes is None:
+        if postgres:
+            self._lanes = DriverLanes(engine, commit_without_flush=True)
+            self._fence = ClaimFence(engine)
+        else:
             self._sqlite = SqliteLane(_sqlite_file(engine))
             # created_at as SQLAlchemy would store it, so that its reads of the row agree.
             self._sqlite_time = _TABLE.c.created_at.type.bind_processor(engine.dialect)
-        self._batcher: Batcher[ChatSession, ChatSession] = Batcher(
-            self._claim_sqlite if lanes is None else self._claim_postgres
+        self._batcher: Batcher[ChatSession, _Claimed] = Batcher(
+            self._claim_postgres if postgres else self._claim_sqlite
         )
+        #: Chats whose latest claim here is not known to be flushed: the future of it.
+        self._unflushed: dict[str, asyncio.Future[bool]] = {}
+        self._again: set[asyncio.Task[None]] = set()  # claims being made again
+        self._closing = False
 
     async def claim(self, session: ChatSession) -> ChatSession:
-        return await self._batcher.submit(session)
+        owner, flushed = await self._batcher.submit(session)
+        if flushed is not None:
+            durable: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._unflushed[session.chat_id] = durable
+            durable.add_done_callback(partial(self._settled, session.chat_id))
+            self._follow(owner, flushed, durable, CLAIMS_AGAIN)
+        return owner
+
+    def durability(self, chat_id: str) -> asyncio.Future[bool] | None:
+        """While this process's latest claim of ``chat_id`` is not known to be flushed, the
+        future of it (True: durable; False: the database may have lost it, and it could not
+        be claimed again for the same owner); None once it is durable."""
+        return self._unflushed.get(chat_id)
+
+    def _follow(
+        self,
+        owner: ChatSession,
+        flushed: asyncio.Future[bool],
+        durable: asyncio.Future[bool],
+        again: int,
+    ) -> None:
+        def settled(done: asyncio.Future[bool]) -> None:
+            if durable.done():
+                return
+            if done.result():
+                durable.set_result(True)
+            elif again <= 0 or self._closing:
+                durable.set_result(False)
+            else:
+                task = asyncio.get_running_loop().create_task(
+                    self._claim_again(owner, durable, again - 1)
+                )
+                self._again.add(task)
+                task.add_done_callback(self._again.discard)
+
+        flushed.add_done_callback(settled)
+
+    async def _claim_again(
+        self, owner: ChatSession, durable: asyncio.Future[bool], again: int
+    ) -> None:
+        """The fence could not prove the flush (its connection failed: most often a restart
+        of the database, which may or may not have lost the row). The answer already given
+        is claimed again, for the owner it named: the row is there after all, or it is put
+        back; only if the id now has another owner was the answer lost."""
+        try:
+            now, flushed = await self._batcher.submit(owner)
+        except Exception as exc:  # the database away, or worse: the claim is not proven
+            logger.warning("chat %s: its claim could not be made again: %r", owner.chat_id, exc)
+            durable.set_result(False)
+            return
+        if now != owner or flushed is None:
+            durable.set_result(now == owner)
+            return
+        self._follow(owner, flushed, durable, again)
+
+    def _settled(self, chat_id: str, durable: asyncio.Future[bool]) -> None:
+        if self._unflushed.get(chat_id) is durable and durable.result():
+            del self._unflushed[chat_id]
+        # A lost claim stays: the chat's reads and writes here keep failing until it is
+        # claimed again (the admission that does so replaces it).
 
     async def aclose(self) -> None:
-        """Wait for the claims under way, then close the SQLite lane (if any)."""
+        """Wait for the claims under way, then close the lanes, the fence and the SQLite lane."""
+        self._closing = True
+        # Not cancelled: each is one bounded statement, and a connection cancelled while it
+        # was being opened or used is not one to give back to the pool.
+        await asyncio.gather(*self._again, return_exceptions=True)
         await self._batcher.aclose()
+        if self._fence is not None:
+            await self._fence.aclose()
+        if self._lanes is not None:
+            await self._lanes.aclose()
         if self._sqlite is not None:
             await self._sqlite.aclose()
 
-    async def _claim_postgres(self, asked: Sequence[ChatSession]) -> list[ChatSession]:
+    async def _claim_postgres(self, asked: Sequence[ChatSession]) -> list[_Claimed]:
+        assert self._lanes is not None and self._fence is not None  # the PostgreSQL path
         first = _first_of_each_id(asked)
+        # Opened before the claims are sent: what it sees later cannot straddle a restart.
+        generation = await self._fence.open()
 
         async def claim(driver: Any) -> dict[str, ChatSession]:
             rows = await driver.fetch(
@@ -104,11 +197,13 @@ class ChatClaims:
                 owners.update(_owners(await driver.fetch(_POSTGRES_OWNERS, taken)))
             return owners
 
-        assert self._lanes is not None  # the PostgreSQL path
         owners = await self._lanes.run(claim)
-        return [owners[s.chat_id] for s in asked]
+        # The owners of ids taken already were read here too: another process's claim may be
+        # as unflushed as this batch's, and the same flush covers it.
+        flushed = self._fence.watch(generation)
+        return [(owners[s.chat_id], flushed) for s in asked]
 
-    async def _claim_sqlite(self, asked: Sequence[ChatSession]) -> list[ChatSession]:
+    async def _claim_sqlite(self, asked: Sequence[ChatSession]) -> list[_Claimed]:
         first = _first_of_each_id(asked)
         now = datetime.now(UTC)
         created_at = now if self._sqlite_time is None else self._sqlite_time(now)
@@ -123,7 +218,7 @@ class ChatClaims:
 
         assert self._sqlite is not None  # the SQLite path
         owners = _owners(await self._sqlite.run(claim))
-        return [owners[s.chat_id] for s in asked]
+        return [(owners[s.chat_id], None) for s in asked]
 
 
 def _sqlite_file(engine: AsyncEngine) -> str:

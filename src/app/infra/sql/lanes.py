@@ -40,12 +40,23 @@ STATEMENT_TIMEOUT = 5.0
 # at 0.15 ms). The setting is the lane's session's only: reset before the pool gets it back.
 _INDEXES_ONLY = "SET enable_seqscan = off"
 _AS_BEFORE = "RESET enable_seqscan"
+#: For the lanes of chat claims (app.infra.sql.claim_fence says why, and what makes it safe).
+_COMMIT_WITHOUT_FLUSH = "SET synchronous_commit = off"
+_FLUSH_AS_BEFORE = "RESET synchronous_commit"
 
 
 class DriverLanes:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, commit_without_flush: bool = False) -> None:
+        """``commit_without_flush``: the lanes' statements commit without waiting for the WAL
+        to reach the disk (``synchronous_commit = off`` for their sessions only)."""
         self._engine = engine
         self._idle: list[tuple[AsyncConnection, Any]] = []
+        self._setup = _INDEXES_ONLY
+        self._reset = _AS_BEFORE
+        if commit_without_flush:
+            # One simple-protocol round trip for both settings (no parameters).
+            self._setup = f"{_INDEXES_ONLY}; {_COMMIT_WITHOUT_FLUSH}"
+            self._reset = f"{_AS_BEFORE}; {_FLUSH_AS_BEFORE}"
 
     async def run(self, statement: Callable[[Any], Awaitable[Result]]) -> Result:
         """``await statement(asyncpg_connection)`` on a lane; connection failures leave as
@@ -72,7 +83,7 @@ class DriverLanes:
             # the connection is dropped as lost (a hung connection is not reused).
             async with asyncio.timeout(STATEMENT_TIMEOUT):
                 if fresh:  # here, so that a pooled connection found dead is taken for lost
-                    await driver.execute(_INDEXES_ONLY)
+                    await driver.execute(self._setup)
                 result = await statement(driver)
         except Exception as exc:
             lost = connection_failure(exc) is not None or driver.is_closed()
@@ -98,11 +109,11 @@ class DriverLanes:
         return connection, driver
 
     async def aclose(self) -> None:
-        """Return every lane to the pool, with the session's planner settings as they were."""
+        """Return every lane to the pool, with the session's settings as they were."""
         idle, self._idle = self._idle, []
         for connection, driver in idle:
             try:
-                await driver.execute(_AS_BEFORE)
+                await driver.execute(self._reset)
             except Exception as exc:  # a connection that cannot say so is not given back
                 await connection.invalidate(exc)
             await connection.close()

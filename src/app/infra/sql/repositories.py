@@ -9,6 +9,7 @@ Build one from the config's session maker::
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.sql.expression import Executable
 
 from app.domain.chats import Category, ChatMessage, ChatSession, MessageStatus, NewMessage
-from app.domain.errors import NotFound
+from app.domain.errors import NotFound, StoreUnavailable
 from app.domain.flows import Flow, FlowStatus, FlowVersion, Graph
 from app.infra.sql.claims import ChatClaims
 from app.infra.sql.health import ping_database
@@ -124,8 +125,9 @@ class SqlChatRepository:
         #: PostgreSQL: the held connections of the claims and of concurrent turns' messages
         #: (one statement each per batch); SQLite claims through SQLAlchemy, stores one by one.
         self._engine = engine
-        self._lanes = DriverLanes(engine) if engine.dialect.name == "postgresql" else None
-        self._claims = ChatClaims(engine, self._lanes)
+        postgres = engine.dialect.name == "postgresql"
+        self._lanes = DriverLanes(engine) if postgres else None
+        self._claims = ChatClaims(engine, postgres=postgres)
         self._batches = (
             None if self._lanes is None else MessageBatches(self._lanes, self._add_message_alone)
         )
@@ -161,10 +163,28 @@ class SqlChatRepository:
         claimed it first, here or in another process (see :mod:`app.infra.sql.claims`)."""
         return await self._claims.claim(session)
 
+    def claim_durability(self, chat_id: str) -> asyncio.Future[bool] | None:
+        """On PostgreSQL, the flush of this process's latest claim of the chat while it is
+        awaited (:mod:`app.infra.sql.claim_fence`); None once it is durable."""
+        return self._claims.durability(chat_id)
+
+    async def _claim_flushed(self, chat_id: str) -> None:
+        """The chat's reads and writes wait until this process's claim of it is flushed, and
+        fail if the database may have lost it: nothing is stored in, or read from, a chat
+        whose owner the database might not know."""
+        pending = self._claims.durability(chat_id)
+        if pending is None:
+            return
+        # Shielded: the future is shared by every caller of this chat and by the admission.
+        flushed = pending.result() if pending.done() else await asyncio.shield(pending)
+        if not flushed:
+            raise StoreUnavailable("the database restarted before this chat's claim was stored")
+
     async def add_message(self, message: NewMessage) -> ChatMessage:
         """The message stored, or the one its turn had already in its category (a retry, or a
         second finaliser): storing is idempotent. Two of these per turn, on the hot path of
         every turn: batched on PostgreSQL (:mod:`app.infra.sql.message_batches`)."""
+        await self._claim_flushed(message.chat_id)
         if self._batches is not None:
             return await self._batches.add(message)
         return await self._add_message_alone(message)
@@ -197,6 +217,7 @@ class SqlChatRepository:
 
     async def messages_of_turn(self, chat_id: str, client_msg_id: str) -> Sequence[ChatMessage]:
         """The messages (question, then answer if stored) of the turn a client id started."""
+        await self._claim_flushed(chat_id)
         turns_of_client_id = select(ChatMessageRow.turn_id).where(
             ChatMessageRow.chat_id == chat_id, ChatMessageRow.client_msg_id == client_msg_id
         )
@@ -234,6 +255,7 @@ class SqlChatRepository:
         self, chat_id: str, before_id: int | None, limit: int
     ) -> Sequence[ChatMessage]:
         """Up to ``limit`` messages with ``id < before_id`` (all if None), newest first."""
+        await self._claim_flushed(chat_id)
         filters = [ChatMessageRow.chat_id == chat_id]
         if before_id is not None:
             filters.append(ChatMessageRow.id < before_id)
@@ -245,6 +267,7 @@ class SqlChatRepository:
 
     async def after(self, chat_id: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
         """Up to ``limit`` messages with ``id > after_id``, oldest first."""
+        await self._claim_flushed(chat_id)
         async with unit_of_work(self._sessions) as session:
             rows = await _ChatMessageRows(session=session).get_many(
                 ChatMessageRow.chat_id == chat_id,
