@@ -184,7 +184,8 @@ class SqlChatRepository:
         """The message stored, or the one its turn had already in its category (a retry, or a
         second finaliser): storing is idempotent. Two of these per turn, on the hot path of
         every turn: batched on PostgreSQL (:mod:`app.infra.sql.message_batches`)."""
-        await self._claim_flushed(message.chat_id)
+        if self._claims.durability(message.chat_id) is not None:  # a dict look-up: per turn
+            await self._claim_flushed(message.chat_id)
         if self._batches is not None:
             return await self._batches.add(message)
         return await self._add_message_alone(message)
