@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -145,3 +146,28 @@ async def test_a_socket_that_joins_on_another_process_mid_turn_streams_the_rest(
     ends = [f for f in seen_there if f["type"] == "end"]
     assert ends and ends[-1] == next(f for f in seen_here if f["type"] == "end")
     assert ends[-1]["status"] == "complete"
+
+
+async def test_a_new_chats_owner_is_remembered_for_every_process_once_flushed(
+    real_server: Server, redis_url: str
+) -> None:
+    """The claim commits without waiting for the disk (app.infra.sql.claim_fence); once
+    PostgreSQL has flushed it, the owner is written to Redis for the other processes."""
+    s = real_server
+    flow = s.create_flow("flushed-owner")
+    chat = f"c-{uuid.uuid4().hex[:8]}"
+    url = f"{s.ws}/api/v1/chat/{flow}?t={s.token('flushed-owner')}&chat_id={chat}"
+    key = f"{s.env['FLOWGATE_REDIS_PREFIX']}{{chat:{chat}}}:owner"
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        async with opened(url) as ws:
+            assert await ask(ws, {"action": "ping"}) == {"type": "pong"}
+            remembered = None
+            deadline = time.monotonic() + 5  # the WAL writer flushes within 200 ms
+            while remembered is None and time.monotonic() < deadline:
+                remembered = client.get(key)
+                if remembered is None:
+                    await asyncio.sleep(0.05)
+        assert remembered == f'["flushed-owner","{flow}"]'
+    finally:
+        client.close()
