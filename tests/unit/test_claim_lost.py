@@ -7,10 +7,12 @@ import asyncio
 
 from app.domain.rejections import Rejection
 from app.testing import Gateway
+from tests.unit.test_metrics import RecordingMetrics
 
 
 async def test_only_the_chats_sockets_are_closed_with_1013() -> None:
-    async with Gateway() as gateway:
+    metrics = RecordingMetrics()
+    async with Gateway(metrics=metrics) as gateway:
         lost = [await gateway.open(chat_id="c1"), await gateway.open(chat_id="c1")]
         kept = [await gateway.open(chat_id="c2"), await gateway.open("compute", chat_id=None)]
 
@@ -24,3 +26,4 @@ async def test_only_the_chats_sockets_are_closed_with_1013() -> None:
             assert client.transport.closed_with == (unavailable.code, unavailable.reason("en"))
         assert [c.transport.closed_with for c in kept] == [None, None]
         assert [c.connection.closed for c in kept] == [False, False]
+        assert metrics.count("store_failed", "database") == 1

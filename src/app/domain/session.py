@@ -105,6 +105,7 @@ class Sessions:
         restarted before the claim was durable): each is closed with 1013, to reconnect and
         claim the chat again. Nothing was stored in the chat meanwhile (the repository makes
         its calls wait for the claim)."""
+        self.metrics.store_failed("database")  # it lost a write it had acknowledged
         for connection in self.registry:
             if connection.chat_id == chat_id and not connection.closed:
                 logger.warning("chat %s: its claim was lost in a database restart", chat_id)
