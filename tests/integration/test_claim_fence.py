@@ -85,6 +85,13 @@ async def test_a_claim_is_answered_at_once_and_seen_durable_soon(
         assert chats.claim_durability(chat.chat_id) is None
 
 
+async def _terminate(engine: AsyncEngine, pid: int) -> None:
+    """End a backend as a restart would, and wait (up to 5 s) until it has exited."""
+    async with engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        assert await raw.driver_connection.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
+
+
 async def test_claims_watched_by_a_connection_that_died_are_lost(engine: AsyncEngine) -> None:
     """A restart ends every connection: if the fence's connection dies between a claim's
     commit and its flush, the claim may be gone, and is reported lost."""
@@ -92,21 +99,12 @@ async def test_claims_watched_by_a_connection_that_died_are_lost(engine: AsyncEn
     try:
         async with asyncio.timeout(20):
             generation = await fence.open()
-            pid = fence._driver.get_server_pid()
-            async with engine.connect() as connection:
-                raw = await connection.get_raw_connection()
-                assert await raw.driver_connection.fetchval("SELECT pg_terminate_backend($1)", pid)
+            await _terminate(engine, fence._driver.get_server_pid())
             assert await fence.watch(generation) is False
             # A fresh connection watches the next claims.
             assert await fence.watch(await fence.open()) is True
     finally:
         await fence.aclose()
-
-
-async def _terminate(engine: AsyncEngine, pid: int) -> None:
-    async with engine.connect() as connection:
-        raw = await connection.get_raw_connection()
-        assert await raw.driver_connection.fetchval("SELECT pg_terminate_backend($1)", pid)
 
 
 async def test_a_claim_the_fence_could_not_prove_is_claimed_again(
@@ -201,9 +199,7 @@ async def test_the_flush_is_what_is_waited_for(
                     datetime.now(UTC),
                 )
             )
-            committed_at = await probe.fetchval(
-                "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
-            )
+            committed_at, _ = await probe.fetchrow(_POSITIONS)  # where the commit's record ends
             assert await fence.watch(generation) is True
             flushed = await probe.fetchval(
                 "SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint"
