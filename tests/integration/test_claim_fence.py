@@ -85,6 +85,42 @@ async def test_a_claim_is_answered_at_once_and_seen_durable_soon(
         assert chats.claim_durability(chat.chat_id) is None
 
 
+async def test_a_write_waiting_for_a_claims_flush_proves_it_at_once(
+    chats: SqlChatRepository, engine: AsyncEngine
+) -> None:
+    """A first message sent right after the connect does not wait for the WAL writer: the
+    write touches the claim's row in a committing transaction, which flushes the claim. Where
+    the row is not the owner's any more, it waits for the fence as before."""
+    fence = chats._claims._fence
+    assert fence is not None
+    silent: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    real_watch = fence.watch
+    fence.watch = lambda generation: silent  # type: ignore[method-assign,assignment]
+    try:
+        chat = ChatSession(uuid.uuid4().hex, "f", "alice")
+        async with asyncio.timeout(10):
+            assert await chats.claim_session(chat) == chat
+            assert chats.claim_durability(chat.chat_id) is not None
+            stored = await chats.add_message(question(chat))
+        assert chats.claim_durability(chat.chat_id) is None
+        assert [m.id for m in await chats.history(chat.chat_id, None, 5)] == [stored.id]
+
+        taken = ChatSession(uuid.uuid4().hex, "f", "alice")
+        assert await chats.claim_session(taken) == taken
+        async with engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            await raw.driver_connection.execute(
+                "UPDATE chat_session SET user_id = 'mallory' WHERE chat_id = $1", taken.chat_id
+            )
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await chats.add_message(question(taken))
+        assert chats.claim_durability(taken.chat_id) is not None  # still the fence's to say
+    finally:
+        fence.watch = real_watch  # type: ignore[method-assign]
+        silent.set_result(True)
+
+
 async def _terminate(engine: AsyncEngine, pid: int) -> None:
     """End a backend as a restart would, and wait (up to 5 s) until it has exited."""
     async with engine.connect() as connection:

@@ -61,6 +61,13 @@ FROM unnest($1::varchar[], $2::varchar[], $3::varchar[]) AS asked(chat_id, flow_
 ON CONFLICT (chat_id) DO NOTHING
 RETURNING chat_id, flow_id, user_id
 """
+# A claim's row touched (a new version of it, with the same values): a transaction that writes,
+# so that its synchronous commit flushes the WAL, the claim's commit with it.
+_POSTGRES_TOUCH = """
+UPDATE chat_session SET flow_id = flow_id
+WHERE chat_id = $1 AND flow_id = $2 AND user_id = $3
+RETURNING true
+"""
 _POSTGRES_OWNERS = (
     "SELECT chat_id, flow_id, user_id FROM chat_session WHERE chat_id = ANY($1::varchar[])"
 )
@@ -98,6 +105,8 @@ class ChatClaims:
         )
         #: Chats whose latest claim here is not known to be flushed: the future of it.
         self._unflushed: dict[str, asyncio.Future[bool]] = {}
+        #: The owner each of those claims answered (what :meth:`prove_now` looks for).
+        self._answered: dict[str, ChatSession] = {}
         self._again: set[asyncio.Task[None]] = set()  # claims being made again
         self._closing = False
 
@@ -106,6 +115,7 @@ class ChatClaims:
         if flushed is not None:
             durable: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             self._unflushed[session.chat_id] = durable
+            self._answered[session.chat_id] = owner
             durable.add_done_callback(partial(self._settled, session.chat_id))
             self._follow(owner, flushed, durable, CLAIMS_AGAIN)
         return owner
@@ -150,16 +160,38 @@ class ChatClaims:
             now, flushed = await self._batcher.submit(owner)
         except Exception as exc:  # the database away, or worse: the claim is not proven
             logger.warning("chat %s: its claim could not be made again: %r", owner.chat_id, exc)
-            durable.set_result(False)
+            _resolve(durable, False)
             return
         if now != owner or flushed is None:
-            durable.set_result(now == owner)
+            _resolve(durable, now == owner)
             return
         self._follow(owner, flushed, durable, again)
+
+    async def prove_now(self, chat_id: str, lanes: DriverLanes) -> None:
+        """A call of the chat waits for its claim's flush (a first message sent right after
+        the connect): rather than wait for the WAL writer (up to ``wal_writer_delay``, 200 ms
+        by default), touch the claim's row in a transaction of ``lanes`` (which commit with the
+        flush). Found, it exists on the server as it is now, and is flushed with everything
+        before it; not found, the fence and the claim made again decide, as before."""
+        durable, owner = self._unflushed.get(chat_id), self._answered.get(chat_id)
+        if durable is None or durable.done() or owner is None:
+            return
+        try:
+            found = await lanes.run(
+                lambda driver: driver.fetchval(
+                    _POSTGRES_TOUCH, owner.chat_id, owner.flow_id, owner.user_id
+                )
+            )
+        except Exception as exc:  # the fence decides
+            logger.info("chat %s: its claim could not be proven at once: %r", chat_id, exc)
+            return
+        if found:
+            _resolve(durable, True)
 
     def _settled(self, chat_id: str, durable: asyncio.Future[bool]) -> None:
         if self._unflushed.get(chat_id) is durable and durable.result():
             del self._unflushed[chat_id]
+            del self._answered[chat_id]
         # A lost claim stays: the chat's reads and writes here keep failing until it is
         # claimed again (the admission that does so replaces it).
 
@@ -241,3 +273,8 @@ def _first_of_each_id(asked: Sequence[ChatSession]) -> list[ChatSession]:
 
 def _owners(rows: Sequence[Any]) -> dict[str, ChatSession]:
     return {row[0]: ChatSession(chat_id=row[0], flow_id=row[1], user_id=row[2]) for row in rows}
+
+
+def _resolve(future: asyncio.Future[bool], durable: bool) -> None:
+    if not future.done():  # the fence, a claim made again and prove_now may all answer
+        future.set_result(durable)

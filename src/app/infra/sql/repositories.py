@@ -175,6 +175,8 @@ class SqlChatRepository:
         pending = self._claims.durability(chat_id)
         if pending is None:
             return
+        if not pending.done() and self._lanes is not None:
+            await self._claims.prove_now(chat_id, self._lanes)
         # Shielded: the future is shared by every caller of this chat and by the admission.
         flushed = pending.result() if pending.done() else await asyncio.shield(pending)
         if not flushed:
