@@ -105,6 +105,15 @@ async def test_a_write_waiting_for_a_claims_flush_proves_it_at_once(
         assert chats.claim_durability(chat.chat_id) is None
         assert [m.id for m in await chats.history(chat.chat_id, None, 5)] == [stored.id]
 
+        # Thirty first messages at once: their proofs are batched, on one or two connections
+        # (not one each, out of the pool's fifty).
+        many = [ChatSession(uuid.uuid4().hex, "f", "bob") for _ in range(30)]
+        async with asyncio.timeout(10):
+            assert await asyncio.gather(*map(chats.claim_session, many)) == many
+            await asyncio.gather(*(chats.add_message(question(c)) for c in many))
+        assert all(chats.claim_durability(c.chat_id) is None for c in many)
+        assert chats._lanes is not None and len(chats._lanes._idle) <= 2
+
         taken = ChatSession(uuid.uuid4().hex, "f", "alice")
         assert await chats.claim_session(taken) == taken
         async with engine.connect() as connection:

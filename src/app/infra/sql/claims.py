@@ -61,12 +61,16 @@ FROM unnest($1::varchar[], $2::varchar[], $3::varchar[]) AS asked(chat_id, flow_
 ON CONFLICT (chat_id) DO NOTHING
 RETURNING chat_id, flow_id, user_id
 """
-# A claim's row touched (a new version of it, with the same values): a transaction that writes,
-# so that its synchronous commit flushes the WAL, the claim's commit with it.
+# Claims' rows touched (a new version of each, with the same values): a transaction that
+# writes, so that its synchronous commit flushes the WAL, the claims' commits with it. The ids
+# it returns are those whose row is still the owner's.
 _POSTGRES_TOUCH = """
-UPDATE chat_session SET flow_id = flow_id
-WHERE chat_id = $1 AND flow_id = $2 AND user_id = $3
-RETURNING true
+UPDATE chat_session SET flow_id = chat_session.flow_id
+FROM unnest($1::varchar[], $2::varchar[], $3::varchar[]) AS asked(chat_id, flow_id, user_id)
+WHERE chat_session.chat_id = asked.chat_id
+  AND chat_session.flow_id = asked.flow_id
+  AND chat_session.user_id = asked.user_id
+RETURNING chat_session.chat_id
 """
 _POSTGRES_OWNERS = (
     "SELECT chat_id, flow_id, user_id FROM chat_session WHERE chat_id = ANY($1::varchar[])"
@@ -87,9 +91,13 @@ CLAIMS_AGAIN = 2
 class ChatClaims:
     """``await claims.claim(session)``: the chat's owner, ``session`` itself if the id was free."""
 
-    def __init__(self, engine: AsyncEngine, *, postgres: bool) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, postgres: bool, flushing: DriverLanes | None = None
+    ) -> None:
         """On PostgreSQL the claims keep lanes of their own that commit without the flush
-        (and a fence that sees it); on SQLite a lane of its own on the engine's file."""
+        (and a fence that sees it), and prove a claim at once on ``flushing`` (lanes that
+        commit with it: :meth:`prove_now`); on SQLite a lane of its own on the engine's
+        file."""
         self._lanes: DriverLanes | None = None
         self._fence: ClaimFence | None = None
         self._sqlite: SqliteLane | None = None
@@ -108,6 +116,9 @@ class ChatClaims:
         #: The owner each of those claims answered (what :meth:`prove_now` looks for).
         self._answered: dict[str, ChatSession] = {}
         self._again: set[asyncio.Task[None]] = set()  # claims being made again
+        self._flushing = flushing
+        # Proofs of concurrent first messages, one statement a batch (one lane at a time).
+        self._proofs: Batcher[ChatSession, bool] = Batcher(self._touch)
         self._closing = False
 
     async def claim(self, session: ChatSession) -> ChatSession:
@@ -167,26 +178,35 @@ class ChatClaims:
             return
         self._follow(owner, flushed, durable, again)
 
-    async def prove_now(self, chat_id: str, lanes: DriverLanes) -> None:
+    async def prove_now(self, chat_id: str) -> None:
         """A call of the chat waits for its claim's flush (a first message sent right after
         the connect): rather than wait for the WAL writer (up to ``wal_writer_delay``, 200 ms
         by default), touch the claim's row in a transaction of ``lanes`` (which commit with the
         flush). Found, it exists on the server as it is now, and is flushed with everything
         before it; not found, the fence and the claim made again decide, as before."""
         durable, owner = self._unflushed.get(chat_id), self._answered.get(chat_id)
-        if durable is None or durable.done() or owner is None:
+        if durable is None or durable.done() or owner is None or self._flushing is None:
             return
         try:
-            found = await lanes.run(
-                lambda driver: driver.fetchval(
-                    _POSTGRES_TOUCH, owner.chat_id, owner.flow_id, owner.user_id
-                )
-            )
+            found = await self._proofs.submit(owner)
         except Exception as exc:  # the fence decides
             logger.info("chat %s: its claim could not be proven at once: %r", chat_id, exc)
             return
         if found:
             _resolve(durable, True)
+
+    async def _touch(self, owners: Sequence[ChatSession]) -> list[bool]:
+        assert self._flushing is not None
+        rows = await self._flushing.run(
+            lambda driver: driver.fetch(
+                _POSTGRES_TOUCH,
+                [o.chat_id for o in owners],
+                [o.flow_id for o in owners],
+                [o.user_id for o in owners],
+            )
+        )
+        found = {row[0] for row in rows}
+        return [o.chat_id in found for o in owners]
 
     def _settled(self, chat_id: str, durable: asyncio.Future[bool]) -> None:
         if self._unflushed.get(chat_id) is durable and durable.result():
@@ -201,6 +221,7 @@ class ChatClaims:
         # Not cancelled: each is one bounded statement, and a connection cancelled while it
         # was being opened or used is not one to give back to the pool.
         await asyncio.gather(*self._again, return_exceptions=True)
+        await self._proofs.aclose()
         await self._batcher.aclose()
         if self._fence is not None:
             await self._fence.aclose()

@@ -127,7 +127,7 @@ class SqlChatRepository:
         self._engine = engine
         postgres = engine.dialect.name == "postgresql"
         self._lanes = DriverLanes(engine) if postgres else None
-        self._claims = ChatClaims(engine, postgres=postgres)
+        self._claims = ChatClaims(engine, postgres=postgres, flushing=self._lanes)
         self._batches = (
             None if self._lanes is None else MessageBatches(self._lanes, self._add_message_alone)
         )
@@ -175,8 +175,8 @@ class SqlChatRepository:
         pending = self._claims.durability(chat_id)
         if pending is None:
             return
-        if not pending.done() and self._lanes is not None:
-            await self._claims.prove_now(chat_id, self._lanes)
+        if not pending.done():
+            await self._claims.prove_now(chat_id)
         # Shielded: the future is shared by every caller of this chat and by the admission.
         flushed = pending.result() if pending.done() else await asyncio.shield(pending)
         if not flushed:
