@@ -181,7 +181,7 @@ class ChatClaims:
     async def prove_now(self, chat_id: str) -> None:
         """A call of the chat waits for its claim's flush (a first message sent right after
         the connect): rather than wait for the WAL writer (up to ``wal_writer_delay``, 200 ms
-        by default), touch the claim's row in a transaction of ``lanes`` (which commit with the
+        by default), touch the claim's row on the flushing lanes (whose commits wait for the
         flush). Found, it exists on the server as it is now, and is flushed with everything
         before it; not found, the fence and the claim made again decide, as before."""
         durable, owner = self._unflushed.get(chat_id), self._answered.get(chat_id)
@@ -211,7 +211,7 @@ class ChatClaims:
     def _settled(self, chat_id: str, durable: asyncio.Future[bool]) -> None:
         if self._unflushed.get(chat_id) is durable and durable.result():
             del self._unflushed[chat_id]
-            del self._answered[chat_id]
+            self._answered.pop(chat_id, None)
         # A lost claim stays: the chat's reads and writes here keep failing until it is
         # claimed again (the admission that does so replaces it).
 
