@@ -106,9 +106,9 @@ class Sessions:
         claim the chat again. Nothing was stored in the chat meanwhile (the repository makes
         its calls wait for the claim)."""
         self.metrics.store_failed("database")  # it lost a write it had acknowledged
+        logger.warning("chat %s: its claim was lost in a database restart", chat_id)
         for connection in self.registry:
             if connection.chat_id == chat_id and not connection.closed:
-                logger.warning("chat %s: its claim was lost in a database restart", chat_id)
                 task = asyncio.get_running_loop().create_task(
                     connection.close(Rejection.SERVICE_UNAVAILABLE)
                 )

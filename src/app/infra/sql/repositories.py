@@ -122,8 +122,9 @@ class SqlChatRepository:
         """``engine``: the one ``sessions`` is bound to, if not given."""
         self._sessions = sessions
         engine = engine or _bound_engine(sessions)
-        #: PostgreSQL: the held connections of the claims and of concurrent turns' messages
-        #: (one statement each per batch); SQLite claims through SQLAlchemy, stores one by one.
+        #: PostgreSQL: the held connections of concurrent turns' messages (one statement per
+        #: batch), the health ping and the claims' proofs; the claims keep lanes of their own
+        #: (app.infra.sql.claims). SQLite claims on a thread of its own, stores one by one.
         self._engine = engine
         postgres = engine.dialect.name == "postgresql"
         self._lanes = DriverLanes(engine) if postgres else None
