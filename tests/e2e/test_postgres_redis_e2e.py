@@ -151,8 +151,8 @@ async def test_a_socket_that_joins_on_another_process_mid_turn_streams_the_rest(
 async def test_a_new_chats_owner_is_remembered_for_every_process_once_flushed(
     real_server: Server, redis_url: str
 ) -> None:
-    """The claim commits without waiting for the disk (app.infra.sql.claim_fence); once
-    PostgreSQL has flushed it, the owner is written to Redis for the other processes."""
+    """The claim commits without waiting for the disk (app.infra.sql.claims); once
+    it is proven flushed, the owner is written to Redis for the other processes."""
     s = real_server
     flow = s.create_flow("flushed-owner")
     chat = f"c-{uuid.uuid4().hex[:8]}"
@@ -163,7 +163,7 @@ async def test_a_new_chats_owner_is_remembered_for_every_process_once_flushed(
         async with opened(url) as ws:
             assert await ask(ws, {"action": "ping"}) == {"type": "pong"}
             remembered = None
-            deadline = time.monotonic() + 5  # the WAL writer flushes within 200 ms
+            deadline = time.monotonic() + 5  # the proof follows the claim at once
             while remembered is None and time.monotonic() < deadline:
                 remembered = client.get(key)
                 if remembered is None:

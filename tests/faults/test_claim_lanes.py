@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 
-from app.domain.chats import Category, ChatSession, NewMessage
+from app.domain.chats import ChatSession
 from app.infra.sql.config import make_sqlalchemy_config
 from app.infra.sql.repositories import SqlChatRepository
+from tests.messages import question_in
 from tests.private_stores import PrivatePostgres
 
 
@@ -40,64 +42,48 @@ async def test_a_claim_after_a_restart_succeeds_on_a_fresh_connection(
 async def test_a_claim_answered_just_before_a_crash_is_durable_after_it(
     private_postgres: PrivatePostgres,
 ) -> None:
-    """A claim commits without waiting for the flush (app.infra.sql.claim_fence). Here the
-    database crashes (immediate stop: no shutdown checkpoint, recovery at start) right after
-    the claim was answered and before the fence saw its flush: the fence's connection dies
-    with it, so the claim is made again for its owner on the recovered server. Whether or not
-    the crash lost the row, the chat is the first user's afterwards, durably, and its calls
-    work; nothing is stored before that."""
+    """A claim commits without waiting for the flush and is proven after
+    (app.infra.sql.claims). Here the database crashes (immediate stop: no shutdown checkpoint,
+    recovery at start) after the claim was answered and before its proof: the proof runs on
+    the recovered server, where the row is found, or made again for its owner if the crash
+    lost it. Either way the chat is the first user's afterwards, durably, and its calls work;
+    nothing is stored before that."""
     # The test cluster runs without durability (tests/private_stores.py): the schema is made
     # to survive the crash by a checkpoint; the claim is left to the crash.
     await private_postgres.query("CHECKPOINT")
     config = make_sqlalchemy_config(private_postgres.url)
     chats = SqlChatRepository(config.create_session_maker(), config.get_engine())
-    fence = chats._claims._fence
-    assert fence is not None
-    real_watch = fence.watch
-    watched: list[int] = []
+    claims = chats._claims
+    real_prove = claims._proofs._run
+    crashed = asyncio.Event()
 
-    def watch_after_a_crash(generation: int) -> asyncio.Future[bool]:
-        proven: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    async def prove_after_the_crash(owners: Sequence[ChatSession]) -> Sequence[bool]:
+        await crashed.wait()
+        return await real_prove(owners)
 
-        async def crash_then_watch() -> None:
-            if not watched:  # the first claim only
-                await asyncio.to_thread(private_postgres.restart, 0.2, "immediate")
-            watched.append(generation)
-            proven.set_result(await real_watch(generation))
-
-        tasks.append(asyncio.create_task(crash_then_watch()))
-        return proven
-
-    tasks: list[asyncio.Task[None]] = []
-    fence.watch = watch_after_a_crash  # type: ignore[method-assign]
+    claims._proofs._run = prove_after_the_crash
     try:
         chat = ChatSession(uuid.uuid4().hex, "f", "alice")
         async with asyncio.timeout(60):
+            # A connection the proofs' lanes hold from before the crash, which it ends.
+            await chats.ping()
             assert await chats.claim_session(chat) == chat
             durable = chats.claim_durability(chat.chat_id)
-            assert durable is not None and await durable is True
-            # The first watch was on the connection the crash ended; the proof came from a
-            # later one, after the claim was made again.
-            assert len(watched) == 2 and watched[1] > watched[0]
+            assert durable is not None and not durable.done()
+            write = asyncio.ensure_future(chats.add_message(question_in(chat)))
+            await asyncio.to_thread(private_postgres.restart, 0.2, "immediate")
+            assert not write.done()  # nothing stored before the proof
+            crashed.set()
+            assert await durable is True
             rows = await private_postgres.query(
                 "SELECT user_id FROM chat_session WHERE chat_id = $1", chat.chat_id
             )
             assert [r["user_id"] for r in rows] == ["alice"]
-            stored = await chats.add_message(
-                NewMessage(
-                    chat_id=chat.chat_id,
-                    flow_id="f",
-                    user_id="alice",
-                    is_bot=False,
-                    category=Category.QUESTION,
-                    message="hi",
-                    turn_id=uuid.uuid4().hex,
-                )
-            )
+            stored = await write
             assert [m.id for m in await chats.history(chat.chat_id, None, 5)] == [stored.id]
     finally:
-        fence.watch = real_watch  # type: ignore[method-assign]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        crashed.set()
+        claims._proofs._run = real_prove
         private_postgres.ensure_running()
         await chats.aclose()
         await config.get_engine().dispose()

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.domain.chats import ChatSession
-from app.infra.sql.claims import _POSTGRES_CLAIM, _POSTGRES_OWNERS, ChatClaims
+from app.infra.sql.claims import _POSTGRES_CLAIM, _POSTGRES_OWNERS, _POSTGRES_PROOF, ChatClaims
 from app.infra.sql.config import make_sqlalchemy_config
 from app.infra.sql.lanes import DriverLanes
 
@@ -49,7 +49,7 @@ async def test_a_claim_on_a_fresh_database_is_planned_as_index_lookups(
     engine: AsyncEngine,
 ) -> None:
     lanes = DriverLanes(engine)
-    claims = ChatClaims(engine, postgres=True)
+    claims = ChatClaims(engine, postgres=True, flushing=lanes)
     try:
         async with asyncio.timeout(20):
             # A few chats, as a new deployment's first connects make them.
@@ -71,12 +71,23 @@ async def test_a_claim_on_a_fresh_database_is_planned_as_index_lookups(
             owners = await lanes.run(
                 lambda driver: _generic_plan(driver, _POSTGRES_OWNERS, "varchar[]", "ARRAY['x']")
             )
+            proof = await lanes.run(
+                lambda driver: _generic_plan(
+                    driver,
+                    _POSTGRES_PROOF,
+                    "varchar[], varchar[], varchar[]",
+                    "ARRAY['x'], ARRAY['f'], ARRAY['u']",
+                )
+            )
         assert "Conflict Arbiter Indexes: pk_chat_session" in claim, claim
         assert "Scan on chat_session" not in claim, claim
         # An index scan or a bitmap scan of the key's index (both look the ids up).
         assert "on pk_chat_session" in owners or "using pk_chat_session" in owners, owners
         assert "Index Cond" in owners, owners
         assert "Seq Scan on chat_session" not in owners, owners
+        # The proof looks each claim's row up by its key too.
+        assert "pk_chat_session" in proof, proof
+        assert "Seq Scan on chat_session" not in proof, proof
     finally:
         await claims.aclose()
         await lanes.aclose()

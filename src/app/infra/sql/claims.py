@@ -23,8 +23,33 @@ that claims the ids still free, and on PostgreSQL a second for the owners of the
 The database arbitrates, so a claim is atomic across processes: of two first connections to
 a new id, exactly one inserts it, and the other reads the winner's row.
 
-On PostgreSQL a claim commits without waiting for the WAL's flush, and
-:meth:`ChatClaims.durability` tells when it is flushed (:mod:`app.infra.sql.claim_fence`).
+On PostgreSQL a claim commits without waiting for the disk, and is proven durable right after,
+off the connect's path (:meth:`ChatClaims.durability`):
+
+- **Why.** Committed the usual way, a new chat's claim waits for PostgreSQL to flush the WAL to
+  disk, and so does every connect queued behind it. On the benchmark's VM that flush takes
+  ~0.1 ms on average but 20-245 ms at the tail (3,000 one-row commits at 400/s: p99.9 18 ms,
+  max 245 ms; with ``synchronous_commit = off`` 1.1 and 2.8 ms), and each such stall held up
+  every connect of those milliseconds. So the claims' lanes commit without the flush
+  (``synchronous_commit = off`` for their sessions only). The row is visible to every other
+  transaction at once, so the first user owns the chat at once, as the protocol says; what a
+  crash of the database in the next moment could lose is the row.
+- **The proof.** After a batch of claims has answered, their rows are locked (``FOR KEY
+  SHARE``, which changes nothing) in a transaction on lanes that commit with the flush: that
+  lock is a WAL record, so the commit waits until the WAL is on disk up to it, and with it
+  every earlier commit, the claims' included. A row found with its owner there is durable,
+  whatever happened between (a restart, a pooler in front): found is proof. A row not found
+  was lost with a crash of the database (chats are never deleted): it is claimed again, on the
+  flushing lanes, for the owner the admission was answered; if the id has meanwhile become
+  another user's, the claim is lost. Concurrent proofs are one statement (a batcher of their
+  own), which takes half the WAL of an ``UPDATE`` touching the rows and leaves no dead rows.
+- **Until then** nothing relies on the claim beyond the database: the owner caches (this
+  process's and Redis's) learn it only once proven, the chat's reads and writes wait for the
+  proof, and the sockets admitted on a lost claim are closed (1013) to reconnect and claim again
+  (``app.domain.admission``).
+
+A server whose own ``synchronous_commit`` default is ``off`` flushes on its own schedule, and
+the proof then proves no more than that server promises.
 """
 
 from __future__ import annotations
@@ -42,7 +67,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.domain.chats import ChatSession
 from app.infra.batching import Batcher
-from app.infra.sql.claim_fence import ClaimFence
 from app.infra.sql.lanes import DriverLanes
 from app.infra.sql.models import ChatSessionRow
 from app.infra.sql.sqlite_lane import SqliteLane, transaction
@@ -61,16 +85,18 @@ FROM unnest($1::varchar[], $2::varchar[], $3::varchar[]) AS asked(chat_id, flow_
 ON CONFLICT (chat_id) DO NOTHING
 RETURNING chat_id, flow_id, user_id
 """
-# Claims' rows touched (a new version of each, with the same values): a transaction that
-# writes, so that its synchronous commit flushes the WAL, the claims' commits with it. The ids
-# it returns are those whose row is still the owner's.
-_POSTGRES_TOUCH = """
-UPDATE chat_session SET flow_id = chat_session.flow_id
-FROM unnest($1::varchar[], $2::varchar[], $3::varchar[]) AS asked(chat_id, flow_id, user_id)
-WHERE chat_session.chat_id = asked.chat_id
-  AND chat_session.flow_id = asked.flow_id
-  AND chat_session.user_id = asked.user_id
-RETURNING chat_session.chat_id
+# The claims' rows, locked in a mode that blocks only their deletion (nothing deletes chats).
+# Locking a row writes a WAL record, so the transaction's commit waits for the flush (one that
+# only read would not: PostgreSQL flushes at commit only what wrote WAL). The ids it returns
+# are those whose row is still the owner's.
+_POSTGRES_PROOF = """
+SELECT chat_session.chat_id
+FROM chat_session
+JOIN unnest($1::varchar[], $2::varchar[], $3::varchar[]) AS asked(chat_id, flow_id, user_id)
+  ON chat_session.chat_id = asked.chat_id
+ AND chat_session.flow_id = asked.flow_id
+ AND chat_session.user_id = asked.user_id
+FOR KEY SHARE OF chat_session
 """
 _POSTGRES_OWNERS = (
     "SELECT chat_id, flow_id, user_id FROM chat_session WHERE chat_id = ANY($1::varchar[])"
@@ -82,10 +108,10 @@ _SQLITE_CLAIM = (
 _SQLITE_OWNERS = "SELECT chat_id, flow_id, user_id FROM chat_session WHERE chat_id IN ({})"
 
 
-#: A claim's answer, and on PostgreSQL the future of its flush (None: durable already).
-_Claimed = tuple[ChatSession, "asyncio.Future[bool] | None"]
-#: How often a claim whose flush the fence could not prove is made again before it is lost.
-CLAIMS_AGAIN = 2
+#: How often a proof that failed (the database away) is tried again before the claim is lost.
+PROOF_RETRIES = 2
+#: Seconds between those tries (about what a restart of the database takes).
+PROOF_RETRY_AFTER = 1.0
 
 
 class ChatClaims:
@@ -94,169 +120,147 @@ class ChatClaims:
     def __init__(
         self, engine: AsyncEngine, *, postgres: bool, flushing: DriverLanes | None = None
     ) -> None:
-        """On PostgreSQL the claims keep lanes of their own that commit without the flush
-        (and a fence that sees it), and prove a claim at once on ``flushing`` (lanes that
-        commit with it: :meth:`prove_now`); on SQLite a lane of its own on the engine's
-        file."""
+        """On PostgreSQL the claims keep lanes of their own that commit without the flush, and
+        prove each claim on ``flushing`` (lanes that commit with it; required there); on
+        SQLite a lane of its own on the engine's file."""
         self._lanes: DriverLanes | None = None
-        self._fence: ClaimFence | None = None
         self._sqlite: SqliteLane | None = None
         if postgres:
+            if flushing is None:
+                raise ValueError("claims on PostgreSQL need lanes that commit with the flush")
             self._lanes = DriverLanes(engine, commit_without_flush=True)
-            self._fence = ClaimFence(engine)
         else:
             self._sqlite = SqliteLane(_sqlite_file(engine))
             # created_at as SQLAlchemy would store it, so that its reads of the row agree.
             self._sqlite_time = _TABLE.c.created_at.type.bind_processor(engine.dialect)
-        self._batcher: Batcher[ChatSession, _Claimed] = Batcher(
+        self._flushing = flushing
+        self._batcher: Batcher[ChatSession, ChatSession] = Batcher(
             self._claim_postgres if postgres else self._claim_sqlite
         )
-        #: Chats whose latest claim here is not known to be flushed: the future of it.
-        self._unflushed: dict[str, asyncio.Future[bool]] = {}
-        #: The owner each of those claims answered (what :meth:`prove_now` looks for).
-        self._answered: dict[str, ChatSession] = {}
-        self._again: set[asyncio.Task[None]] = set()  # claims being made again
-        self._flushing = flushing
-        # Proofs of concurrent first messages, one statement a batch (one lane at a time).
-        self._proofs: Batcher[ChatSession, bool] = Batcher(self._touch)
+        # The proofs of claims answered, one statement a batch (one lane at a time).
+        self._proofs: Batcher[ChatSession, bool] = Batcher(self._prove)
+        #: Chats whose latest claim here is not proven durable yet: the future of its proof.
+        self._unproven: dict[str, asyncio.Future[bool]] = {}
+        self._retrying: set[asyncio.Task[None]] = set()  # proofs waiting to be tried again
         self._closing = False
 
     async def claim(self, session: ChatSession) -> ChatSession:
-        owner, flushed = await self._batcher.submit(session)
-        if flushed is not None:
-            durable: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            self._unflushed[session.chat_id] = durable
-            self._answered[session.chat_id] = owner
-            durable.add_done_callback(partial(self._settled, session.chat_id))
-            self._follow(owner, flushed, durable, CLAIMS_AGAIN)
-        return owner
+        return await self._batcher.submit(session)
 
     def durability(self, chat_id: str) -> asyncio.Future[bool] | None:
-        """While this process's latest claim of ``chat_id`` is not known to be flushed, the
-        future of it (True: durable; False: the database may have lost it, and it could not
-        be claimed again for the same owner); None once it is durable."""
-        return self._unflushed.get(chat_id)
+        """While this process's latest claim of ``chat_id`` is not proven durable, the future
+        of its proof (True: durable; False: the database lost it, and it could not be claimed
+        again for the same owner); None once it is durable."""
+        return self._unproven.get(chat_id)
 
-    def _follow(
+    def _prove_later(self, owner: ChatSession, durable: asyncio.Future[bool], retries: int) -> None:
+        proof = self._proofs.enqueue(owner)
+        proof.add_done_callback(partial(self._proven, owner, durable, retries))
+
+    def _proven(
         self,
         owner: ChatSession,
-        flushed: asyncio.Future[bool],
         durable: asyncio.Future[bool],
-        again: int,
+        retries: int,
+        proof: asyncio.Future[bool],
     ) -> None:
-        def settled(done: asyncio.Future[bool]) -> None:
-            if durable.done():
-                return
-            if done.result():
-                durable.set_result(True)
-            elif again <= 0 or self._closing:
-                durable.set_result(False)
-            else:
-                task = asyncio.get_running_loop().create_task(
-                    self._claim_again(owner, durable, again - 1)
-                )
-                self._again.add(task)
-                task.add_done_callback(self._again.discard)
-
-        flushed.add_done_callback(settled)
-
-    async def _claim_again(
-        self, owner: ChatSession, durable: asyncio.Future[bool], again: int
-    ) -> None:
-        """The fence could not prove the flush (its connection failed: most often a restart
-        of the database, which may or may not have lost the row). The answer already given
-        is claimed again, for the owner it named: the row is there after all, or it is put
-        back; only if the id now has another owner was the answer lost."""
-        try:
-            now, flushed = await self._batcher.submit(owner)
-        except Exception as exc:  # the database away, or worse: the claim is not proven
-            logger.warning("chat %s: its claim could not be made again: %r", owner.chat_id, exc)
-            _resolve(durable, False)
+        if durable.done():
             return
-        if now != owner or flushed is None:
-            _resolve(durable, now == owner)
+        if proof.cancelled():  # shutting down
+            durable.set_result(False)
             return
-        self._follow(owner, flushed, durable, again)
-
-    async def prove_now(self, chat_id: str) -> None:
-        """A call of the chat waits for its claim's flush (a first message sent right after
-        the connect): rather than wait for the WAL writer (up to ``wal_writer_delay``, 200 ms
-        by default), touch the claim's row on the flushing lanes (whose commits wait for the
-        flush). Found, it exists on the server as it is now, and is flushed with everything
-        before it; not found, the fence and the claim made again decide, as before."""
-        durable, owner = self._unflushed.get(chat_id), self._answered.get(chat_id)
-        if durable is None or durable.done() or owner is None or self._flushing is None:
-            return
-        try:
-            found = await self._proofs.submit(owner)
-        except Exception as exc:  # the fence decides
-            logger.info("chat %s: its claim could not be proven at once: %r", chat_id, exc)
-            return
-        if found:
-            _resolve(durable, True)
-
-    async def _touch(self, owners: Sequence[ChatSession]) -> list[bool]:
-        assert self._flushing is not None
-        rows = await self._flushing.run(
-            lambda driver: driver.fetch(
-                _POSTGRES_TOUCH,
-                [o.chat_id for o in owners],
-                [o.flow_id for o in owners],
-                [o.user_id for o in owners],
+        error = proof.exception()
+        if error is None:
+            durable.set_result(proof.result())
+        elif retries <= 0 or self._closing:
+            logger.warning("chat %s: its claim could not be proven: %r", owner.chat_id, error)
+            durable.set_result(False)
+        else:  # the database away for a moment (the lanes retried once already)
+            task = asyncio.get_running_loop().create_task(
+                self._prove_again(owner, durable, retries - 1)
             )
-        )
-        found = {row[0] for row in rows}
+            self._retrying.add(task)
+            task.add_done_callback(self._retrying.discard)
+
+    async def _prove_again(
+        self, owner: ChatSession, durable: asyncio.Future[bool], retries: int
+    ) -> None:
+        try:
+            await asyncio.sleep(PROOF_RETRY_AFTER)
+        except asyncio.CancelledError:  # closing: not proven
+            _resolve(durable, False)
+            raise
+        self._prove_later(owner, durable, retries)
+
+    async def _prove(self, owners: Sequence[ChatSession]) -> list[bool]:
+        """Whether each claim is durable, decided in transactions that commit with the flush;
+        a claim whose row the database lost is made again there, for the same owner."""
+        assert self._flushing is not None  # the PostgreSQL path
+
+        async def prove(driver: Any) -> set[str]:
+            found = await _locked(driver, owners)
+            lost = [o for o in owners if o.chat_id not in found]
+            if lost:  # a crash of the database took them (chats are never deleted)
+                logger.warning("%d chat claims lost by the database: claimed again", len(lost))
+                claimed = await _inserted(driver, lost)
+                # Inserted by a statement that committed with the flush: durable.
+                found.update(row[0] for row in claimed)
+                # The others were claimed again by someone meanwhile: proven if by the owner.
+                again = [o for o in lost if o.chat_id not in found]
+                if again:
+                    found.update(await _locked(driver, again))
+            return found
+
+        found = await self._flushing.run(prove)
         return [o.chat_id in found for o in owners]
 
     def _settled(self, chat_id: str, durable: asyncio.Future[bool]) -> None:
-        if self._unflushed.get(chat_id) is durable and durable.result():
-            del self._unflushed[chat_id]
-            self._answered.pop(chat_id, None)
+        if self._unproven.get(chat_id) is durable and durable.result():
+            del self._unproven[chat_id]
         # A lost claim stays: the chat's reads and writes here keep failing until it is
         # claimed again (the admission that does so replaces it).
 
     async def aclose(self) -> None:
-        """Wait for the claims under way, then close the lanes, the fence and the SQLite lane."""
+        """Answer the claims under way and send their proofs; then close the lanes. A proof
+        waiting to be tried again is given up (its claim reported lost)."""
         self._closing = True
+        for task in self._retrying:
+            task.cancel()
+        await asyncio.gather(*self._retrying, return_exceptions=True)
         # Not cancelled: each is one bounded statement, and a connection cancelled while it
-        # was being opened or used is not one to give back to the pool.
-        await asyncio.gather(*self._again, return_exceptions=True)
-        await self._proofs.aclose()
+        # was being opened or used is not one to give back to the pool. Claims first: a batch
+        # of claims queues its proofs before it answers.
         await self._batcher.aclose()
-        if self._fence is not None:
-            await self._fence.aclose()
+        await self._proofs.aclose()
         if self._lanes is not None:
             await self._lanes.aclose()
         if self._sqlite is not None:
             await self._sqlite.aclose()
 
-    async def _claim_postgres(self, asked: Sequence[ChatSession]) -> list[_Claimed]:
-        assert self._lanes is not None and self._fence is not None  # the PostgreSQL path
+    async def _claim_postgres(self, asked: Sequence[ChatSession]) -> list[ChatSession]:
+        assert self._lanes is not None  # the PostgreSQL path
         first = _first_of_each_id(asked)
-        # Opened before the claims are sent: what it sees later cannot straddle a restart.
-        generation = await self._fence.open()
 
         async def claim(driver: Any) -> dict[str, ChatSession]:
-            rows = await driver.fetch(
-                _POSTGRES_CLAIM,
-                [s.chat_id for s in first],
-                [s.flow_id for s in first],
-                [s.user_id for s in first],
-                datetime.now(UTC),
-            )
-            owners = _owners(rows)
+            owners = _owners(await _inserted(driver, first))
             taken = [s.chat_id for s in first if s.chat_id not in owners]
             if taken:  # committed before this claim returned: chats are never deleted
                 owners.update(_owners(await driver.fetch(_POSTGRES_OWNERS, taken)))
             return owners
 
         owners = await self._lanes.run(claim)
-        # The owners of ids taken already were read here too: another process's claim may be
-        # as unflushed as this batch's, and the same flush covers it.
-        flushed = self._fence.watch(generation)
-        return [(owners[s.chat_id], flushed) for s in asked]
+        # Every answer is proven, the owners of ids taken already too: another process's
+        # claim may be as unflushed as this batch's. Queued before the batch answers, so that
+        # closing sends them.
+        loop = asyncio.get_running_loop()
+        for owner in owners.values():
+            durable: asyncio.Future[bool] = loop.create_future()
+            self._unproven[owner.chat_id] = durable
+            durable.add_done_callback(partial(self._settled, owner.chat_id))
+            self._prove_later(owner, durable, PROOF_RETRIES)
+        return [owners[s.chat_id] for s in asked]
 
-    async def _claim_sqlite(self, asked: Sequence[ChatSession]) -> list[_Claimed]:
+    async def _claim_sqlite(self, asked: Sequence[ChatSession]) -> list[ChatSession]:
         first = _first_of_each_id(asked)
         now = datetime.now(UTC)
         created_at = now if self._sqlite_time is None else self._sqlite_time(now)
@@ -271,7 +275,7 @@ class ChatClaims:
 
         assert self._sqlite is not None  # the SQLite path
         owners = _owners(await self._sqlite.run(claim))
-        return [(owners[s.chat_id], None) for s in asked]
+        return [owners[s.chat_id] for s in asked]
 
 
 def _sqlite_file(engine: AsyncEngine) -> str:
@@ -296,6 +300,28 @@ def _owners(rows: Sequence[Any]) -> dict[str, ChatSession]:
     return {row[0]: ChatSession(chat_id=row[0], flow_id=row[1], user_id=row[2]) for row in rows}
 
 
+async def _inserted(driver: Any, sessions: Sequence[ChatSession]) -> list[Any]:
+    """The rows of ``sessions`` (one per id) that the claim statement inserted."""
+    return await driver.fetch(  # type: ignore[no-any-return]
+        _POSTGRES_CLAIM,
+        [s.chat_id for s in sessions],
+        [s.flow_id for s in sessions],
+        [s.user_id for s in sessions],
+        datetime.now(UTC),
+    )
+
+
+async def _locked(driver: Any, owners: Sequence[ChatSession]) -> set[str]:
+    """The ids of ``owners`` whose row is still theirs, locked (see ``_POSTGRES_PROOF``)."""
+    rows = await driver.fetch(
+        _POSTGRES_PROOF,
+        [o.chat_id for o in owners],
+        [o.flow_id for o in owners],
+        [o.user_id for o in owners],
+    )
+    return {row[0] for row in rows}
+
+
 def _resolve(future: asyncio.Future[bool], durable: bool) -> None:
-    if not future.done():  # the fence, a claim made again and prove_now may all answer
+    if not future.done():
         future.set_result(durable)

@@ -40,7 +40,7 @@ STATEMENT_TIMEOUT = 5.0
 # at 0.15 ms). The setting is the lane's session's only: reset before the pool gets it back.
 _INDEXES_ONLY = "SET enable_seqscan = off"
 _AS_BEFORE = "RESET enable_seqscan"
-#: For the lanes of chat claims (app.infra.sql.claim_fence says why, and what makes it safe).
+#: For the lanes of chat claims (app.infra.sql.claims says why, and what makes it safe).
 _COMMIT_WITHOUT_FLUSH = "SET synchronous_commit = off"
 _FLUSH_AS_BEFORE = "RESET synchronous_commit"
 

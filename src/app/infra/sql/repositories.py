@@ -165,19 +165,17 @@ class SqlChatRepository:
         return await self._claims.claim(session)
 
     def claim_durability(self, chat_id: str) -> asyncio.Future[bool] | None:
-        """On PostgreSQL, the flush of this process's latest claim of the chat while it is
-        awaited (:mod:`app.infra.sql.claim_fence`); None once it is durable."""
+        """On PostgreSQL, the proof of this process's latest claim of the chat while it is
+        awaited (:mod:`app.infra.sql.claims`); None once it is durable."""
         return self._claims.durability(chat_id)
 
     async def _claim_flushed(self, chat_id: str) -> None:
-        """The chat's reads and writes wait until this process's claim of it is flushed, and
-        fail if the database may have lost it: nothing is stored in, or read from, a chat
+        """The chat's reads and writes wait until this process's claim of it is proven
+        durable, and fail if the database lost it: nothing is stored in, or read from, a chat
         whose owner the database might not know."""
         pending = self._claims.durability(chat_id)
         if pending is None:
             return
-        if not pending.done():
-            await self._claims.prove_now(chat_id)
         # Shielded: the future is shared by every caller of this chat and by the admission.
         flushed = pending.result() if pending.done() else await asyncio.shield(pending)
         if not flushed:
