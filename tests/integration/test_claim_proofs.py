@@ -135,6 +135,25 @@ async def test_concurrent_claims_are_proven_together(chats: SqlChatRepository) -
     assert chats._lanes is not None and len(chats._lanes._idle) <= 2
 
 
+async def test_proofs_wait_for_company_unless_a_call_waits_for_one(
+    chats: SqlChatRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim's proof lingers (to go with others); a first message sent right after the
+    connect does not wait out that linger."""
+    monkeypatch.setattr(claims_module, "PROOF_LINGER", 60.0)
+    idle, asking = (ChatSession(uuid.uuid4().hex, "f", u) for u in ("alice", "bob"))
+    async with asyncio.timeout(20):
+        assert await asyncio.gather(*map(chats.claim_session, (idle, asking))) == [idle, asking]
+        await asyncio.sleep(0.3)
+        waiting = chats.claim_durability(idle.chat_id)
+        assert waiting is not None and not waiting.done()  # lingering
+        async with asyncio.timeout(5):  # not the linger's sixty seconds
+            assert await chats.add_message(question_in(asking))
+        assert chats.claim_durability(asking.chat_id) is None
+        # The lingering proof went with it.
+        assert await asyncio.wait_for(asyncio.shield(waiting), 1) is True
+
+
 async def test_a_claim_the_database_lost_is_made_again(
     chats: SqlChatRepository, probe: Any
 ) -> None:

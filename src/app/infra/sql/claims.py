@@ -112,6 +112,11 @@ _SQLITE_OWNERS = "SELECT chat_id, flow_id, user_id FROM chat_session WHERE chat_
 PROOF_RETRIES = 2
 #: Seconds between those tries (about what a restart of the database takes).
 PROOF_RETRY_AFTER = 1.0
+#: Seconds a claim's proof waits for others to go with it, unless a call of its chat waits
+#: for it (:meth:`ChatClaims.hurry`). Each proof is a commit that waits for a disk flush: sent
+#: at once, one per batch of claims, they took the stores from 16 to 28 % of a core in the
+#: benchmark's closed loop of new chats (about 1,000 a second).
+PROOF_LINGER = 0.02
 
 
 class ChatClaims:
@@ -139,8 +144,10 @@ class ChatClaims:
         )
         # The proofs of claims answered, one statement a batch (one lane at a time).
         self._proofs: Batcher[ChatSession, bool] = Batcher(self._prove)
-        #: Chats whose latest claim here is not proven durable yet: the future of its proof.
+        #: Chats whose latest claim here is not proven durable yet: the future of its proof,
+        #: and the owner the claim answered.
         self._unproven: dict[str, asyncio.Future[bool]] = {}
+        self._answered: dict[str, ChatSession] = {}
         self._retrying: set[asyncio.Task[None]] = set()  # proofs waiting to be tried again
         self._closing = False
 
@@ -153,8 +160,22 @@ class ChatClaims:
         again for the same owner); None once it is durable."""
         return self._unproven.get(chat_id)
 
+    def hurry(self, chat_id: str) -> None:
+        """A call of the chat waits for its claim's proof (a first message sent right after
+        the connect): the proofs waiting to go are sent now, with one more for this claim
+        (which answers only for it: a failure is the lingering proof's to retry)."""
+        durable, owner = self._unproven.get(chat_id), self._answered.get(chat_id)
+        if durable is None or durable.done() or owner is None or self._closing:
+            return
+
+        def proven(proof: asyncio.Future[bool]) -> None:
+            if not proof.cancelled() and proof.exception() is None and proof.result():
+                _resolve(durable, True)
+
+        self._proofs.enqueue(owner).add_done_callback(proven)
+
     def _prove_later(self, owner: ChatSession, durable: asyncio.Future[bool], retries: int) -> None:
-        proof = self._proofs.enqueue(owner)
+        proof = self._proofs.enqueue(owner, linger=PROOF_LINGER)
         proof.add_done_callback(partial(self._proven, owner, durable, retries))
 
     def _proven(
@@ -217,6 +238,7 @@ class ChatClaims:
     def _settled(self, chat_id: str, durable: asyncio.Future[bool]) -> None:
         if self._unproven.get(chat_id) is durable and durable.result():
             del self._unproven[chat_id]
+            del self._answered[chat_id]
         # A lost claim stays: the chat's reads and writes here keep failing until it is
         # claimed again (the admission that does so replaces it).
 
@@ -256,6 +278,7 @@ class ChatClaims:
         for owner in owners.values():
             durable: asyncio.Future[bool] = loop.create_future()
             self._unproven[owner.chat_id] = durable
+            self._answered[owner.chat_id] = owner
             durable.add_done_callback(partial(self._settled, owner.chat_id))
             self._prove_later(owner, durable, PROOF_RETRIES)
         return [owners[s.chat_id] for s in asked]

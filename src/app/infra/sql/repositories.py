@@ -176,6 +176,8 @@ class SqlChatRepository:
         pending = self._claims.durability(chat_id)
         if pending is None:
             return
+        if not pending.done():
+            self._claims.hurry(chat_id)
         # Shielded: the future is shared by every caller of this chat and by the admission.
         flushed = pending.result() if pending.done() else await asyncio.shield(pending)
         if not flushed:
