@@ -154,6 +154,16 @@ async def test_proofs_wait_for_company_unless_a_call_waits_for_one(
         assert await asyncio.wait_for(asyncio.shield(waiting), 1) is True
 
 
+async def test_a_proof_holds_for_the_owner_it_found_only(chats: SqlChatRepository) -> None:
+    """Two proofs of one id in a batch, for different owners (one answered before a crash
+    lost the row and another user claimed the id): only the row's owner is proven."""
+    chat = ChatSession(uuid.uuid4().hex, "f", "alice")
+    async with asyncio.timeout(20):
+        assert await chats.claim_session(chat) == chat
+        other = ChatSession(chat.chat_id, "f", "bob")
+        assert await chats._claims._prove([other, chat, other]) == [False, True, False]
+
+
 async def test_a_claim_the_database_lost_is_made_again(
     chats: SqlChatRepository, probe: Any
 ) -> None:

@@ -87,10 +87,10 @@ RETURNING chat_id, flow_id, user_id
 """
 # The claims' rows, locked in a mode that blocks only their deletion (nothing deletes chats).
 # Locking a row writes a WAL record, so the transaction's commit waits for the flush (one that
-# only read would not: PostgreSQL flushes at commit only what wrote WAL). The ids it returns
-# are those whose row is still the owner's.
+# only read would not: PostgreSQL flushes at commit only what wrote WAL). The rows it returns
+# are those still their asker's.
 _POSTGRES_PROOF = """
-SELECT chat_session.chat_id
+SELECT chat_session.chat_id, chat_session.flow_id, chat_session.user_id
 FROM chat_session
 JOIN unnest($1::varchar[], $2::varchar[], $3::varchar[]) AS asked(chat_id, flow_id, user_id)
   ON chat_session.chat_id = asked.chat_id
@@ -218,22 +218,23 @@ class ChatClaims:
         a claim whose row the database lost is made again there, for the same owner."""
         assert self._flushing is not None  # the PostgreSQL path
 
-        async def prove(driver: Any) -> set[str]:
-            found = await _locked(driver, owners)
-            lost = [o for o in owners if o.chat_id not in found]
-            if lost:  # a crash of the database took them (chats are never deleted)
-                logger.warning("%d chat claims lost by the database: claimed again", len(lost))
-                claimed = await _inserted(driver, lost)
+        async def prove(driver: Any) -> set[tuple[str, str, str]]:
+            found = _rows(await _locked(driver, owners))
+            # A crash of the database took these (chats are never deleted), or the id is
+            # another's now. One each: a hurried proof may ride with the lingering one.
+            lost = _first_of_each_id([o for o in owners if _row(o) not in found])
+            if lost:
+                logger.warning("%d chat claims not found: claimed again", len(lost))
                 # Inserted by a statement that committed with the flush: durable.
-                found.update(row[0] for row in claimed)
+                found |= _rows(await _inserted(driver, lost))
                 # The others were claimed again by someone meanwhile: proven if by the owner.
-                again = [o for o in lost if o.chat_id not in found]
+                again = [o for o in lost if _row(o) not in found]
                 if again:
-                    found.update(await _locked(driver, again))
+                    found |= _rows(await _locked(driver, again))
             return found
 
         found = await self._flushing.run(prove)
-        return [o.chat_id in found for o in owners]
+        return [_row(o) in found for o in owners]
 
     def _settled(self, chat_id: str, durable: asyncio.Future[bool]) -> None:
         if self._unproven.get(chat_id) is durable and durable.result():
@@ -334,15 +335,23 @@ async def _inserted(driver: Any, sessions: Sequence[ChatSession]) -> list[Any]:
     )
 
 
-async def _locked(driver: Any, owners: Sequence[ChatSession]) -> set[str]:
-    """The ids of ``owners`` whose row is still theirs, locked (see ``_POSTGRES_PROOF``)."""
-    rows = await driver.fetch(
+async def _locked(driver: Any, owners: Sequence[ChatSession]) -> list[Any]:
+    """The rows of ``owners`` that are still theirs, locked (see ``_POSTGRES_PROOF``)."""
+    return await driver.fetch(  # type: ignore[no-any-return]
         _POSTGRES_PROOF,
         [o.chat_id for o in owners],
         [o.flow_id for o in owners],
         [o.user_id for o in owners],
     )
-    return {row[0] for row in rows}
+
+
+def _row(owner: ChatSession) -> tuple[str, str, str]:
+    return owner.chat_id, owner.flow_id, owner.user_id
+
+
+def _rows(rows: Sequence[Any]) -> set[tuple[str, str, str]]:
+    """(chat_id, flow_id, user_id) of each row: a claim is proven for its owner only."""
+    return {(row[0], row[1], row[2]) for row in rows}
 
 
 def _resolve(future: asyncio.Future[bool], durable: bool) -> None:
