@@ -192,12 +192,27 @@ class Container:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for feature in self.features:
-            await feature.aclose()
+            await _close_within(CLOSE_TIMEOUT, feature.aclose)
         for close in reversed(self.closers):
-            try:
-                await close()
-            except Exception:  # shutting down: report and go on closing the rest
-                logger.exception("closing an adapter failed")
+            await _close_within(CLOSE_TIMEOUT, close)
+
+
+#: Seconds one feature or adapter may take to close at shutdown. One that takes longer is left
+#: behind, by name in the log, so that a deploy never waits on a stuck one (the process is
+#: exiting: what it held goes with it).
+CLOSE_TIMEOUT = 10.0
+
+
+async def _close_within(seconds: float, close: Closer) -> None:
+    """``await close()``, bounded; a failure is reported and the next one is closed."""
+    name = getattr(close, "__qualname__", repr(close))
+    try:
+        async with asyncio.timeout(seconds):
+            await close()
+    except TimeoutError:
+        logger.error("closing %s took over %.0f s: left behind", name, seconds)
+    except Exception:  # shutting down: report and go on closing the rest
+        logger.exception("closing %s failed", name)
 
 
 def compose(
