@@ -85,7 +85,8 @@ FROM unnest($1::varchar[], $2::varchar[], $3::varchar[]) AS asked(chat_id, flow_
 ON CONFLICT (chat_id) DO NOTHING
 RETURNING chat_id, flow_id, user_id
 """
-# The claims' rows, locked in a mode that blocks only their deletion (nothing deletes chats).
+# The claims' rows, locked in a mode that blocks only their deletion or a change of their key
+# (nothing does either to a chat).
 # Locking a row writes a WAL record, so the transaction's commit waits for the flush (one that
 # only read would not: PostgreSQL flushes at commit only what wrote WAL). The rows it returns
 # are those still their asker's.
