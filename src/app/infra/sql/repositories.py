@@ -169,7 +169,7 @@ class SqlChatRepository:
         awaited (:mod:`app.infra.sql.claims`); None once it is durable."""
         return self._claims.durability(chat_id)
 
-    async def _claim_flushed(self, chat_id: str) -> None:
+    async def _claim_proven(self, chat_id: str) -> None:
         """The chat's reads and writes wait until this process's claim of it is proven
         durable, and fail if the database lost it: nothing is stored in, or read from, a chat
         whose owner the database might not know."""
@@ -179,8 +179,8 @@ class SqlChatRepository:
         if not pending.done():
             self._claims.hurry(chat_id)
         # Shielded: the future is shared by every caller of this chat and by the admission.
-        flushed = pending.result() if pending.done() else await asyncio.shield(pending)
-        if not flushed:
+        durable = pending.result() if pending.done() else await asyncio.shield(pending)
+        if not durable:
             raise StoreUnavailable("the database restarted before this chat's claim was stored")
 
     async def add_message(self, message: NewMessage) -> ChatMessage:
@@ -188,7 +188,7 @@ class SqlChatRepository:
         second finaliser): storing is idempotent. Two of these per turn, on the hot path of
         every turn: batched on PostgreSQL (:mod:`app.infra.sql.message_batches`)."""
         if self._claims.durability(message.chat_id) is not None:  # a dict look-up: per turn
-            await self._claim_flushed(message.chat_id)
+            await self._claim_proven(message.chat_id)
         if self._batches is not None:
             return await self._batches.add(message)
         return await self._add_message_alone(message)
@@ -221,7 +221,7 @@ class SqlChatRepository:
 
     async def messages_of_turn(self, chat_id: str, client_msg_id: str) -> Sequence[ChatMessage]:
         """The messages (question, then answer if stored) of the turn a client id started."""
-        await self._claim_flushed(chat_id)
+        await self._claim_proven(chat_id)
         turns_of_client_id = select(ChatMessageRow.turn_id).where(
             ChatMessageRow.chat_id == chat_id, ChatMessageRow.client_msg_id == client_msg_id
         )
@@ -259,7 +259,7 @@ class SqlChatRepository:
         self, chat_id: str, before_id: int | None, limit: int
     ) -> Sequence[ChatMessage]:
         """Up to ``limit`` messages with ``id < before_id`` (all if None), newest first."""
-        await self._claim_flushed(chat_id)
+        await self._claim_proven(chat_id)
         filters = [ChatMessageRow.chat_id == chat_id]
         if before_id is not None:
             filters.append(ChatMessageRow.id < before_id)
@@ -271,7 +271,7 @@ class SqlChatRepository:
 
     async def after(self, chat_id: str, after_id: int, limit: int) -> Sequence[ChatMessage]:
         """Up to ``limit`` messages with ``id > after_id``, oldest first."""
-        await self._claim_flushed(chat_id)
+        await self._claim_proven(chat_id)
         async with unit_of_work(self._sessions) as session:
             rows = await _ChatMessageRows(session=session).get_many(
                 ChatMessageRow.chat_id == chat_id,
