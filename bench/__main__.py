@@ -23,7 +23,16 @@ from typing import Any
 
 from bench import profiling, report, servers
 from bench.profiling import summarize as summarize_profile
-from bench.scenarios import NO_HEARTBEAT_INTERVAL, SCENARIOS, SOLO, Target, run_scenario
+from bench.scenarios import (
+    NO_HEARTBEAT_INTERVAL,
+    PAIRED,
+    SCENARIOS,
+    SOLO,
+    Result,
+    Target,
+    run_paired,
+    run_scenario,
+)
 from bench.servers import Backend, Server
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -246,6 +255,27 @@ def run_backend(
     done: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
     server_env = env | backend.env
+
+    def record(
+        scenario: str, backend: Backend, target: Target, repeat: int, result: Result, t0: float
+    ) -> None:
+        done.append(
+            {
+                "scenario": scenario,
+                "backend": backend.name,
+                "server": target.name,
+                "repeat": repeat,
+                "figures": result.figures,
+                "errors": result.errors,
+            }
+        )
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in result.figures.items())
+        print(
+            f"  {scenario} #{repeat} {target.name:8s} {time.monotonic() - t0:5.1f}s "
+            f"errors={result.errors} {shown}",
+            flush=True,
+        )
+
     print(f"\n== backend {backend.name}: {backend.describe}", flush=True)
     flow_id = servers.prepare_flowgate(server_env, out)
     fg = Server(
@@ -266,27 +296,22 @@ def run_backend(
                 order = targets if repeat % 2 == 0 else targets[::-1]
                 if scenario in SOLO:
                     order = targets[:1]
+                if scenario in PAIRED:
+                    # Both servers in one run, their pieces interleaved (see PAIRED).
+                    t0 = time.monotonic()
+                    for target in order:
+                        target.server.check_alive()
+                    results = asyncio.run(run_paired(scenario, order, **options))
+                    for target, result in zip(order, results, strict=True):
+                        target.server.check_alive()
+                        record(scenario, backend, target, repeat, result, t0)
+                    continue
                 for target in order:
                     t0 = time.monotonic()
                     target.server.check_alive()
                     result = asyncio.run(run_scenario(scenario, target, **options))
                     target.server.check_alive()
-                    records.append(
-                        {
-                            "scenario": scenario,
-                            "backend": backend.name,
-                            "server": target.name,
-                            "repeat": repeat,
-                            "figures": result.figures,
-                            "errors": result.errors,
-                        }
-                    )
-                    shown = ", ".join(f"{k}={v:.4g}" for k, v in result.figures.items())
-                    print(
-                        f"  {scenario} #{repeat} {target.name:8s} {time.monotonic() - t0:5.1f}s "
-                        f"errors={result.errors} {shown}",
-                        flush=True,
-                    )
+                    record(scenario, backend, target, repeat, result, t0)
             if args.profile:
                 fg.profile_to = out / f"profile-{scenario}-{backend.name}"
                 try:

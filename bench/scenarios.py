@@ -92,6 +92,10 @@ class Window:
     #: part of "other", counted apart so that a window's disturbance says where it came from.
     steal_cpu: float = 0.0
 
+    def add(self, other: Window) -> None:
+        for name in ("wall", "server_cpu", "loadgen_cpu", "stores_cpu", "machine_cpu", "steal_cpu"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
     def figures(self) -> dict[str, float]:
         wall = self.wall or 1e-9
         others = self.machine_cpu - self.server_cpu - self.loadgen_cpu - self.stores_cpu
@@ -126,28 +130,41 @@ def _machine_cpu() -> tuple[float, float]:
 
 
 @contextmanager
-def measure(server: Server) -> Iterator[Window]:
-    """The window that figures are taken over (and that ``--profile`` samples)."""
-    window = Window()
-    profiler = None
-    if server.profile_to is not None:
-        path = server.profile_to.with_name(f"{server.profile_to.stem}-{next(_counter)}.txt")
-        profiler = Profiler(server.pid, path)
-    stores0, (machine0, steal0) = _stores_cpu(), _machine_cpu()
-    cpu0, own0, t0 = server.cpu_seconds(), time.process_time(), time.perf_counter()
+def profiled(server: Server) -> Iterator[None]:
+    """``--profile``: py-spy samples the server for as long as this lasts (else nothing)."""
+    if server.profile_to is None:
+        yield
+        return
+    path = server.profile_to.with_name(f"{server.profile_to.stem}-{next(_counter)}.txt")
+    profiler = Profiler(server.pid, path)
     try:
-        yield window
+        yield
     finally:
-        window.wall = time.perf_counter() - t0
-        window.server_cpu = server.cpu_seconds() - cpu0
-        window.loadgen_cpu = time.process_time() - own0
-        machine1, steal1 = _machine_cpu()
-        window.machine_cpu, window.steal_cpu = machine1 - machine0, steal1 - steal0
-        stores1 = _stores_cpu()
-        window.stores_cpu = sum(v - stores0.get(pid, 0.0) for pid, v in stores1.items())
-        if profiler is not None:
-            profiler.stop()
-            server.profiles.append(profiler.output)
+        profiler.stop()
+        server.profiles.append(profiler.output)
+
+
+@contextmanager
+def measure(server: Server, into: Window | None = None) -> Iterator[Window]:
+    """The window that figures are taken over (and that ``--profile`` samples); with ``into``,
+    a piece of a window measured in several pieces: added to ``into``, and not sampled (the
+    scenario samples the whole, see :func:`profiled`)."""
+    window = Window()
+    with contextlib.nullcontext() if into is not None else profiled(server):
+        stores0, (machine0, steal0) = _stores_cpu(), _machine_cpu()
+        cpu0, own0, t0 = server.cpu_seconds(), time.process_time(), time.perf_counter()
+        try:
+            yield window
+        finally:
+            window.wall = time.perf_counter() - t0
+            window.server_cpu = server.cpu_seconds() - cpu0
+            window.loadgen_cpu = time.process_time() - own0
+            machine1, steal1 = _machine_cpu()
+            window.machine_cpu, window.steal_cpu = machine1 - machine0, steal1 - steal0
+            stores1 = _stores_cpu()
+            window.stores_cpu = sum(v - stores0.get(pid, 0.0) for pid, v in stores1.items())
+            if into is not None:
+                into.add(window)
 
 
 @dataclass
@@ -223,45 +240,65 @@ async def _bounded(coro: Awaitable[Result]) -> Result:
 # -- B1: round trips ------------------------------------------------------------------------
 
 
-async def b1_round_trips(
-    target: Target, sockets: int = 50, requests: int = 400, rounds: int = 15
-) -> Result:
-    """``rounds`` times ``sockets`` x ``requests`` round trips, one in flight per socket (a
-    single 50 x 400 round lasts only ~0.3 s here, too short to time steadily; 5 rounds, as
-    until the tenth session, made the echo's window 1.4-2.3 s on this machine, and one
-    neighbour's burst moved a repeat's ratio by 0.1)."""
-    clients, errors = await open_clients(target, sockets, "compute", COMPUTE, COMPUTE_REPLY, 8)
-    result = Result(errors=errors)
-    latencies: list[float] = []
-    bad = 0
+async def b1_round_trips(target: Target, **options: Any) -> Result:
+    """B1 against one server (``--profile``'s run): :func:`b1_round_trips_paired` of one."""
+    return (await b1_round_trips_paired([target], **options))[0]
 
-    async def run(client: WSClient, n: int, record: bool) -> None:
-        nonlocal bad
-        clock = time.perf_counter
-        for _ in range(n):
-            t0 = clock()
-            client.send(COMPUTE)
-            if await client.recv() != COMPUTE_REPLY:
-                bad += 1
-            if record:
-                latencies.append(clock() - t0)
 
+async def b1_round_trips_paired(
+    targets: list[Target], sockets: int = 50, requests: int = 400, rounds: int = 15
+) -> list[Result]:
+    """``rounds`` times ``sockets`` x ``requests`` round trips, one in flight per socket, on
+    each server, the servers' rounds interleaved (A B B A A B ...): both servers' sockets are
+    open throughout, and a round on one follows a round on the other, so that a neighbour's
+    burst of a few seconds falls on both rather than on one server's whole window. Until the
+    fourteenth session each server ran its 15 rounds in one block of ~11 s, and one run's
+    three repeats read 0.70-0.98 of the echo's on the same code. (A single 50 x 400 round
+    lasts ~0.3-0.8 s here, too short to time steadily on its own.)"""
+    results = [Result() for _ in targets]
+    opened = []
     try:
-        await asyncio.gather(*(run(c, 20, False) for c in clients))  # warm-up
-        with measure(target.server) as window:
-            for _ in range(rounds):
-                await asyncio.gather(*(run(c, requests, True) for c in clients))
+        for target, result in zip(targets, results, strict=True):
+            clients, result.errors = await open_clients(
+                target, sockets, "compute", COMPUTE, COMPUTE_REPLY, 8
+            )
+            opened.append(clients)
+        bad = [0 for _ in targets]
+        latencies: list[list[float]] = [[] for _ in targets]
+
+        async def run(client: WSClient, n: int, i: int, record: bool) -> None:
+            clock = time.perf_counter
+            for _ in range(n):
+                t0 = clock()
+                client.send(COMPUTE)
+                if await client.recv() != COMPUTE_REPLY:
+                    bad[i] += 1
+                if record:
+                    latencies[i].append(clock() - t0)
+
+        for i, clients in enumerate(opened):  # warm-up
+            await asyncio.gather(*(run(c, 20, i, False) for c in clients))
+        windows = [Window() for _ in targets]
+        order = list(range(len(targets)))
+        with contextlib.ExitStack() as sampled:
+            for target in targets:
+                sampled.enter_context(profiled(target.server))
+            for r in range(rounds):
+                for i in order if r % 2 == 0 else order[::-1]:
+                    with measure(targets[i].server, into=windows[i]):
+                        await asyncio.gather(*(run(c, requests, i, True) for c in opened[i]))
     finally:
-        await close_clients(clients)
-    total = len(clients) * requests * rounds
-    result.errors += bad
-    result.figures = {
-        "msgs_per_s": total / window.wall,
-        "rtt_p50_us": 1e6 * percentile(latencies, 50),
-        "rtt_p99_us": 1e6 * percentile(latencies, 99),
-        **window.figures(),
-    }
-    return result
+        for clients in opened:
+            await close_clients(clients)
+    for i, result in enumerate(results):
+        result.errors += bad[i]
+        result.figures = {
+            "msgs_per_s": len(opened[i]) * requests * rounds / windows[i].wall,
+            "rtt_p50_us": 1e6 * percentile(latencies[i], 50),
+            "rtt_p99_us": 1e6 * percentile(latencies[i], 99),
+            **windows[i].figures(),
+        }
+    return results
 
 
 # -- B2: connection set-up ------------------------------------------------------------------
@@ -1030,5 +1067,15 @@ SCENARIOS: dict[str, Callable[..., Awaitable[Result]]] = {
 SOLO = {"B6", "CLI"}
 
 
+#: Scenarios that measure flowgate and the echo in one run, their pieces interleaved (the
+#: deadline then covers both servers).
+PAIRED: dict[str, Callable[..., Awaitable[list[Result]]]] = {"B1": b1_round_trips_paired}
+
+
 async def run_scenario(scenario: str, target: Target, **options: Any) -> Result:
     return await _bounded(SCENARIOS[scenario](target, **options))
+
+
+async def run_paired(scenario: str, targets: list[Target], **options: Any) -> list[Result]:
+    async with asyncio.timeout(SCENARIO_DEADLINE * len(targets)):
+        return await PAIRED[scenario](targets, **options)

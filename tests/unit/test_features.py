@@ -174,3 +174,82 @@ async def test_token_expiry_closes_with_1008_unless_refreshed() -> None:
     assert [f["code"] for f in transport.sent] == ["unauthorized", "unauthorized"]
     assert transport.closed_with is None and connection.user == later
     dispatcher.stop()
+
+
+async def test_a_handler_gets_its_action_type_from_the_one_decode() -> None:
+    import msgspec
+
+    from app.domain.features.base import Feature
+
+    class Note(msgspec.Struct):
+        text: str
+
+    class Notes(Feature):
+        name = "notes"
+        actions = {"note": Note, None: Note}  # noqa: RUF012
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.got: list[object] = []
+
+        async def handle(self, connection: Connection, request: object) -> None:
+            self.got.append(request)
+
+    feature = Notes()
+    assert feature.known_action_decoder is not None
+    dispatcher, transport, _ = connect(feature)
+    await dispatcher.dispatch(b'{"action": "note", "text": "a"}')  # at once
+    await dispatcher.dispatch(b'{"text": "b"}')  # no action: the long way
+    assert [type(r).__name__ for r in feature.got] == ["Note", "Note"]
+    assert all(isinstance(r, Note) for r in feature.got)
+    assert [r.text for r in feature.got] == ["a", "b"]  # type: ignore[attr-defined]
+    assert transport.sent == []
+
+
+@pytest.mark.parametrize("config", ["field", "forbid", "tag"])
+async def test_types_that_cannot_be_tagged_are_served_the_long_way(config: str) -> None:
+    import msgspec
+
+    from app.domain.features.base import Feature
+
+    class WithAction(msgspec.Struct):
+        action: str
+        n: int = 0
+
+    class Strict(msgspec.Struct, forbid_unknown_fields=True):
+        n: int = 0
+
+    class Tagged(msgspec.Struct, tag="own"):
+        n: int = 0
+
+    request_type = {"field": WithAction, "forbid": Strict, "tag": Tagged}[config]
+
+    class Odd(Feature):
+        name = "odd"
+        actions = {"odd": request_type}  # noqa: RUF012
+
+        async def handle(self, connection: Connection, request: object) -> None:
+            await connection.send(msgspec.json.encode({"n": request.n}))  # type: ignore[attr-defined]
+
+    feature = Odd()
+    assert feature.known_action_decoder is None
+    dispatcher, transport, _ = connect(feature)
+    await dispatcher.dispatch(b'{"action": "odd", "n": 2}')
+    await dispatcher.dispatch(b'{"action": "ping"}')
+    if config == "forbid":  # its own decoder refuses the field `action`, as it always did
+        assert transport.sent[0]["code"] == "invalid_message"
+    else:
+        assert transport.sent[0] == {"n": 2}
+    assert transport.sent[1] == {"type": "pong"}
+
+
+async def test_a_frame_past_the_size_limit_closes_1009() -> None:
+    _, transport, connection = connect(ComputeFeature())
+    dispatcher = FrameDispatcher(
+        connection, ComputeFeature(), FakeTokenVerifier(), 100.0, max_message_size=40
+    )
+    await dispatcher.dispatch(b'{"action": "compute", "data": 3}')
+    await dispatcher.dispatch(b'{"action": "compute", "data": 3, "pad": "' + b"x" * 10 + b'"}')
+    assert transport.sent == [{"result": 9.0}]
+    assert transport.closed_with is not None and transport.closed_with[0] == 1009
+    assert connection.closed

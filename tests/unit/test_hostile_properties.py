@@ -175,6 +175,62 @@ def test_every_frame_gets_a_reply_or_an_error_frame(raw: bytes, as_text: bool) -
     asyncio.run(run())
 
 
+class Recorder(Feature):
+    """The chat feature's actions, each request answered with its type and fields."""
+
+    name = "recorder"
+    actions: ClassVar = ChatFeature.actions | {"compute": ComputeFeature.actions["compute"]}
+
+    async def handle(self, connection: Connection, request: Any) -> None:
+        served = [a for a, t in self.actions.items() if type(request).__name__ == t.__name__]
+        await connection.send(
+            msgspec.json.encode(
+                {
+                    "type": type(request).__name__,
+                    "of_its_type": all(isinstance(request, self.actions[a]) for a in served),
+                    "fields": msgspec.structs.asdict(request),
+                }
+            )
+        )
+
+
+@BOUNDED
+@given(raw=client_frames(), as_text=st.booleans())
+@example(raw=b'{"action": "compute", "action": "ping"}', as_text=False)
+@example(raw=b'{"action": "ping", "action": "compute", "data": 2}', as_text=True)
+@example(raw=b'{"data": 2, "action": "compute"}', as_text=False)
+@example(raw=b'{"action": "auth", "token": ""}', as_text=False)
+@example(raw=b'{"action": "auth", "token": "alice"}', as_text=False)
+@example(raw=b'{"action": "ping"}', as_text=True)
+@example(raw=b'{"action": "history", "limit": 5}', as_text=False)
+@example(raw=b'{"action": "resume", "after_id": 3, "turn_id": "t", "after_seq": 2}', as_text=True)
+@example(raw=b'{"action": null, "inputs": {"input": "q"}}', as_text=False)
+@example(raw=b'{"action": "chat", "inputs": {"input": "a\\u0000"}}', as_text=True)
+def test_one_decode_answers_as_the_long_way_does(raw: bytes, as_text: bool) -> None:
+    """A frame decoded at once by its action (``known_action_decoder``) is answered exactly
+    as the envelope-then-type decoding answers it: the same reply, or the same error."""
+
+    async def answers(known: bool) -> list[Any]:
+        replies = []
+        for feature in [Recorder(), *features()]:
+            if not known:
+                feature.known_action_decoder = None
+            transport = FakeTransport()
+            dispatcher = FrameDispatcher(connection(transport), feature, FakeTokenVerifier(), 1e9)
+            await dispatcher.dispatch(raw.decode("utf-8", "replace") if as_text else raw)
+            replies.append(transport.sent)
+            dispatcher.stop()
+        return replies
+
+    async def run() -> None:
+        at_once, the_long_way = await answers(known=True), await answers(known=False)
+        assert at_once == the_long_way
+        for reply in at_once[0]:
+            assert reply.get("of_its_type", True)
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize("depth", [frames.MAX_DEPTH, frames.MAX_DEPTH + 1, 5000])
 def test_depth_is_measured_exactly(depth: int) -> None:
     raw = b'{"a": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import types
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -70,9 +70,11 @@ class SocketTransport:
         self._socket = socket
         self._send: Send = socket.send
 
-    async def send(self, data: bytes) -> None:
-        # Raw ASGI event: the server needs ``str`` for a text frame, nothing else to wrap.
-        await self._send({"type": "websocket.send", "text": data.decode(), "bytes": None})
+    def send(self, data: bytes) -> Awaitable[None]:
+        # The server's own send, for the connection to await (no coroutine of this method's
+        # own in between: every frame sent passes here). A raw ASGI event: the server needs
+        # ``str`` for a text frame, nothing else to wrap.
+        return self._send({"type": "websocket.send", "text": data.decode(), "bytes": None})
 
     async def close(self, code: int, reason: str) -> None:
         await self._socket.close(code=code, reason=reason)

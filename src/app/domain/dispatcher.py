@@ -12,6 +12,7 @@ import heapq
 import itertools
 import logging
 import math
+import sys
 import time
 import weakref
 from collections.abc import Callable
@@ -39,7 +40,7 @@ FLOOD_FACTOR = 2.0
 
 
 class FrameDispatcher:
-    """Per connection: rate limit, decode, route, and the token's expiry timer.
+    """Per connection: size and rate limits, decode, route, and the token's expiry timer.
 
     The rate limit is a token bucket, exact: ``rate`` frames a second, bursts of up to
     ``burst`` (= ``max(rate, 1)``) frames, so over any t seconds at most ``burst + rate × t``
@@ -63,6 +64,7 @@ class FrameDispatcher:
         "_connection",
         "_expiry",
         "_feature",
+        "_max_size",
         "_rate",
         "_strikes",
         "_struck",
@@ -77,9 +79,11 @@ class FrameDispatcher:
         verifier: TokenVerifier,
         messages_per_second: float,
         *,
+        max_message_size: int = sys.maxsize,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._connection = connection
+        self._max_size = max_message_size
         self._feature = feature
         self._verifier = verifier
         self._rate = messages_per_second
@@ -127,7 +131,13 @@ class FrameDispatcher:
         return max(0.001, math.ceil((1.0 - self._allowance) / self._rate * 1000) / 1000)
 
     async def dispatch(self, raw: bytes | str) -> None:
+        """Serve one received frame (the socket layer's call per frame: it awaits nothing else
+        on the way, each coroutine layer costs every frame)."""
         connection = self._connection
+        if len(raw) > self._max_size:
+            connection.metrics.limit_reached(Limit.MESSAGE_SIZE)
+            await connection.close(Rejection.MESSAGE_TOO_BIG)
+            return
         retry_after = self.retry_after()
         if retry_after < 0:
             logger.info("connection %s closed: it kept flooding past its rate", connection.id)
@@ -143,8 +153,36 @@ class FrameDispatcher:
         try:
             # Before any decoder sees it: msgspec would recurse as deep as the frame nests.
             frames.check_depth(raw)
+        except frames.TooDeep as exc:
+            await connection.send(_invalid_message(exc))
+            return
+        decoder = self._feature.known_action_decoder
+        try:
+            request = decoder.decode(raw) if decoder is not None else None
+        except msgspec.MsgspecError:
+            request = None
+        if request is None:  # no action (the chat's message), or to be refused
+            await self._dispatch_the_long_way(raw)
+            return
+        try:
+            kind = type(request)
+            if kind is frames.PingFrame:
+                await connection.send(frames.PONG)
+            elif kind is frames.AuthFrame:
+                await self._reauthenticate(request.token)
+            else:
+                await self._feature.handle(connection, request)
+        except (msgspec.ValidationError, UnknownAction) as exc:  # raised by the handler
+            await connection.send(_refusal(exc, type(request).__struct_config__.tag))
+
+    async def _dispatch_the_long_way(self, raw: bytes | str) -> None:
+        """A frame that :attr:`Feature.known_action_decoder` did not take: one without
+        ``action`` (the chat's message), or one to refuse. The envelope first, then the
+        action's type: each error is named as precisely as one of the two decoders can."""
+        connection = self._connection
+        try:
             action = frames.ENVELOPE_DECODER.decode(raw).action
-        except (msgspec.ValidationError, frames.TooDeep) as exc:
+        except msgspec.ValidationError as exc:
             await connection.send(_invalid_message(exc))
             return
         except msgspec.DecodeError:
@@ -158,11 +196,8 @@ class FrameDispatcher:
                 await self._reauthenticate(_AUTH_DECODER.decode(raw).token)
             else:
                 await self._feature.handle(connection, self._feature.decode(action, raw))
-        except msgspec.ValidationError as exc:
-            await connection.send(_invalid_message(exc))
-        except UnknownAction:
-            what = f"unknown action {action!r}" if action is not None else "missing action"
-            await connection.send(frames.error(ErrorCode.UNKNOWN_ACTION, what))
+        except (msgspec.ValidationError, UnknownAction) as exc:
+            await connection.send(_refusal(exc, action))
 
     def stop(self) -> None:
         if self._expiry is not None:
@@ -199,6 +234,14 @@ class FrameDispatcher:
         )
         _background.add(task)
         task.add_done_callback(_background.discard)
+
+
+def _refusal(exc: Exception, action: str | None) -> bytes:
+    """The error frame for a request that failed its type or named no action served here."""
+    if isinstance(exc, UnknownAction):
+        what = f"unknown action {action!r}" if action is not None else "missing action"
+        return frames.error(ErrorCode.UNKNOWN_ACTION, what)
+    return _invalid_message(exc)
 
 
 def _invalid_message(exc: Exception) -> bytes:

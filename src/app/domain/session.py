@@ -1,6 +1,6 @@
 """One socket's session, from admission to close: what the socket layer pumps frames into.
 
-The API layer accepts the socket, has it admitted, then calls :meth:`SocketSession.receive`
+The API layer accepts the socket, has it admitted, then calls :attr:`SocketSession.receive`
 for each frame and :meth:`SocketSession.close` once it has gone. Everything else — the
 single-writer connection, rate limiting and routing, the feature's hooks, the connection
 registry and the per-user count — is tied together here.
@@ -17,7 +17,7 @@ from app.domain.connection import Connection, Transport
 from app.domain.dispatcher import FrameDispatcher
 from app.domain.errors import StoreUnavailable
 from app.domain.features.base import Feature, FeatureRegistry
-from app.domain.metrics import NO_METRICS, Limit, Metrics
+from app.domain.metrics import NO_METRICS, Metrics
 from app.domain.ports import TokenVerifier
 from app.domain.registry import ConnectionRegistry
 from app.domain.rejections import Rejection
@@ -34,7 +34,7 @@ class SessionLimits:
 
 
 class SocketSession:
-    __slots__ = ("_dispatcher", "_factory", "_feature", "connection")
+    __slots__ = ("_dispatcher", "_factory", "_feature", "connection", "receive")
 
     def __init__(
         self,
@@ -47,18 +47,13 @@ class SocketSession:
         self._feature = feature
         self._dispatcher = dispatcher
         self._factory = factory
+        #: One frame from the client: the dispatcher's own method, not a method of the
+        #: session's that awaits it (a coroutine layer less on every frame).
+        self.receive = dispatcher.dispatch
 
     @property
     def open(self) -> bool:
         return not self.connection.closed
-
-    async def receive(self, data: bytes | str) -> None:
-        """One frame from the client."""
-        if len(data) > self._factory.limits.max_message_size:
-            self._factory.metrics.limit_reached(Limit.MESSAGE_SIZE)
-            await self.connection.close(Rejection.MESSAGE_TOO_BIG)
-            return
-        await self._dispatcher.dispatch(data)
 
     async def fail(self) -> None:
         """flowgate's own fault while serving the socket: close it with 1011."""
@@ -122,7 +117,13 @@ class Sessions:
         connection = Connection(
             admission, transport, limits.locale, limits.send_buffer, self.metrics
         )
-        dispatcher = FrameDispatcher(connection, feature, self.verifier, limits.messages_per_second)
+        dispatcher = FrameDispatcher(
+            connection,
+            feature,
+            self.verifier,
+            limits.messages_per_second,
+            max_message_size=limits.max_message_size,
+        )
         session = SocketSession(connection, feature, dispatcher, self)
         self.registry.add(connection)
         self.metrics.socket_opened(admission.feature)

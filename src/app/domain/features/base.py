@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from app.domain.connection import Connection
+from app.domain.frames import known_action_decoder
 from app.domain.graph import GraphRuntime
 from app.domain.ports import ChatModel, ChatRepository, FlowRepository, Translator
 
@@ -54,6 +55,8 @@ class Feature(ABC):
             action: msgspec.json.Decoder(request_type)
             for action, request_type in self.actions.items()
         }
+        #: A frame of a known action in one decode (see :func:`known_action_decoder`).
+        self.known_action_decoder = known_action_decoder(self.actions)
 
     def decode(self, action: str | None, raw: bytes | str) -> Any:
         """The request, or :class:`UnknownAction`, or :class:`msgspec.ValidationError`."""
