@@ -319,89 +319,133 @@ async def _connect_cycle(port: int, path: str) -> float:
     return setup
 
 
-async def b2_connects(
-    target: Target,
+async def b2_connects(target: Target, **options: Any) -> Result:
+    """B2 against one server (``--profile``'s run): :func:`b2_connects_paired` of one."""
+    return (await b2_connects_paired([target], **options))[0]
+
+
+async def b2_connects_paired(
+    targets: list[Target],
     connects: int = 4000,
     concurrency: int = 8,
     rate: float = 400.0,
     rate_connects: int = 2000,
-) -> Result:
+) -> list[Result]:
     """Connects to new chats: every connect claims a chat (one committed INSERT). 4000 in the
-    closed half (2000 until the tenth session: the echo's window was 0.6-0.7 s here)."""
-    result = Result()
-    # Warm-up: imports, caches, the database's connection pool.
-    await asyncio.gather(*(_connect_cycle(target.port, p) for p in target.paths(16, "compute")))
+    closed half (2000 until the tenth session: the echo's window was 0.6-0.7 s here), on
+    each server, their pieces interleaved (:func:`_connect_phases`)."""
+    results = [Result() for _ in targets]
+    for target in targets:  # warm-up: imports, caches, the database's connection pool
+        await asyncio.gather(*(_connect_cycle(target.port, p) for p in target.paths(16, "compute")))
     await _connect_phases(
-        target,
-        result,
-        target.paths(connects, "compute"),
-        target.paths(rate_connects, "compute"),
+        targets,
+        results,
+        [target.paths(connects, "compute") for target in targets],
+        [target.paths(rate_connects, "compute") for target in targets],
         concurrency,
         rate,
     )
-    return result
+    return results
+
+
+#: B2's halves are timed in this many pieces per server, the servers' pieces alternating.
+CLOSED_PIECES = 8
+FIXED_PIECES = 4
 
 
 async def _connect_phases(
-    target: Target,
-    result: Result,
-    closed_paths: list[str],
-    fixed_paths: list[str],
+    targets: list[Target],
+    results: list[Result],
+    closed_paths: list[list[str]],
+    fixed_paths: list[list[str]],
     concurrency: int,
     rate: float,
 ) -> None:
-    """B2's two halves (B2R's too): connect cycles ``concurrency`` at a time as fast as they
-    go, then open-loop at a fixed ``rate``, latency counted from each cycle's scheduled start."""
-    paths = iter(closed_paths)
-    setups: list[float] = []
+    """B2's two halves (B2R's too) for each target: connect cycles ``concurrency`` at a time
+    as fast as they go, then open-loop at a fixed ``rate``, latency counted from each cycle's
+    scheduled start. Each half runs in pieces (``CLOSED_PIECES``, ``FIXED_PIECES``), the
+    targets' pieces alternating (A B B A ...), so that a disturbance of a second or two
+    falls on both servers: with each half in one block per server, one run's repeats of the
+    fixed-rate p99 ratio read 1.30-2.57 on the same code (fourteenth session)."""
+    order = list(range(len(targets)))
 
-    async def worker() -> None:
-        for path in paths:
-            try:
-                setups.append(await _connect_cycle(target.port, path))
-            except (OSError, TimeoutError, ConnectionError) as exc:
-                result.errors += 1
-                if result.errors <= 3:
-                    print(f"    {target.name}: connect failed: {exc}")
+    def pieces(paths: list[str], n: int) -> list[list[str]]:
+        size = -(-len(paths) // n)
+        return [paths[k : k + size] for k in range(0, len(paths), size)]
 
-    with measure(target.server) as window:
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    result.figures |= {
-        "connects_per_s": len(setups) / window.wall,
-        "setup_p50_ms": 1e3 * percentile(setups, 50),
-        "setup_p99_ms": 1e3 * percentile(setups, 99),
-        **window.figures(),
-    }
+    def failed(i: int, exc: Exception) -> None:
+        results[i].errors += 1
+        if results[i].errors <= 3:
+            print(f"    {targets[i].name}: connect failed: {exc}")
+
+    setups: list[list[float]] = [[] for _ in targets]
+    windows = [Window() for _ in targets]
+
+    async def closed_piece(i: int, paths: list[str]) -> None:
+        queue = iter(paths)
+
+        async def worker() -> None:
+            for path in queue:
+                try:
+                    setups[i].append(await _connect_cycle(targets[i].port, path))
+                except (OSError, TimeoutError, ConnectionError) as exc:
+                    failed(i, exc)
+
+        with measure(targets[i].server, into=windows[i]):
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
 
     # Open loop at a fixed rate: latency from the scheduled start, so a slow server shows.
-    latencies: list[float] = []
+    latencies: list[list[float]] = [[] for _ in targets]
+    fixed_windows = [Window() for _ in targets]
     in_flight = asyncio.Semaphore(512)
 
-    async def timed(path: str, scheduled: float) -> None:
+    async def timed(i: int, path: str, scheduled: float) -> None:
         async with in_flight:
             try:
-                await _connect_cycle(target.port, path)
-                latencies.append(time.perf_counter() - scheduled)
+                await _connect_cycle(targets[i].port, path)
+                latencies[i].append(time.perf_counter() - scheduled)
             except (OSError, TimeoutError, ConnectionError):
-                result.errors += 1
+                results[i].errors += 1
 
-    tasks = []
-    with measure(target.server) as fixed:
-        start = time.perf_counter()
-        for i, path in enumerate(fixed_paths):
-            scheduled = start + i / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(timed(path, scheduled)))
-        await asyncio.gather(*tasks)
-    result.figures |= {
-        "fixed_rate_setup_p50_ms": 1e3 * percentile(latencies, 50),
-        "fixed_rate_setup_p99_ms": 1e3 * percentile(latencies, 99),
-        "fixed_rate_achieved_per_s": len(latencies) / fixed.wall,
-        "fixed_rate_server_cpu_pct": 100.0 * fixed.server_cpu / fixed.wall,
-        "fixed_rate_loadgen_cpu_pct": 100.0 * fixed.loadgen_cpu / fixed.wall,
-    }
+    async def fixed_piece(i: int, paths: list[str]) -> None:
+        tasks = []
+        with measure(targets[i].server, into=fixed_windows[i]):
+            start = time.perf_counter()
+            for k, path in enumerate(paths):
+                scheduled = start + k / rate
+                delay = scheduled - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(timed(i, path, scheduled)))
+            await asyncio.gather(*tasks)
+
+    with contextlib.ExitStack() as sampled:
+        for target in targets:
+            sampled.enter_context(profiled(target.server))
+        closed = [pieces(paths, CLOSED_PIECES) for paths in closed_paths]
+        for r in range(CLOSED_PIECES):
+            for i in order if r % 2 == 0 else order[::-1]:
+                if r < len(closed[i]):
+                    await closed_piece(i, closed[i][r])
+        fixed = [pieces(paths, FIXED_PIECES) for paths in fixed_paths]
+        for r in range(FIXED_PIECES):
+            for i in order if r % 2 == 0 else order[::-1]:
+                if r < len(fixed[i]):
+                    await fixed_piece(i, fixed[i][r])
+
+    for i, result in enumerate(results):
+        window, fixed_window = windows[i], fixed_windows[i]
+        result.figures |= {
+            "connects_per_s": len(setups[i]) / window.wall,
+            "setup_p50_ms": 1e3 * percentile(setups[i], 50),
+            "setup_p99_ms": 1e3 * percentile(setups[i], 99),
+            **window.figures(),
+            "fixed_rate_setup_p50_ms": 1e3 * percentile(latencies[i], 50),
+            "fixed_rate_setup_p99_ms": 1e3 * percentile(latencies[i], 99),
+            "fixed_rate_achieved_per_s": len(latencies[i]) / fixed_window.wall,
+            "fixed_rate_server_cpu_pct": 100.0 * fixed_window.server_cpu / fixed_window.wall,
+            "fixed_rate_loadgen_cpu_pct": 100.0 * fixed_window.loadgen_cpu / fixed_window.wall,
+        }
 
 
 # -- B2R: reconnects to known chats on a fresh process --------------------------------------
@@ -450,10 +494,10 @@ async def b2r_reconnects(
     result = Result(errors=failed)
     await _cycles(target, target.chat_paths(warm, "compute"), 8)  # warm-up, as B2's
     await _connect_phases(
-        target,
-        result,
-        target.chat_paths(closed, "compute"),
-        target.chat_paths(fixed, "compute"),
+        [target],
+        [result],
+        [target.chat_paths(closed, "compute")],
+        [target.chat_paths(fixed, "compute")],
         concurrency,
         rate,
     )
@@ -1069,7 +1113,10 @@ SOLO = {"B6", "CLI"}
 
 #: Scenarios that measure flowgate and the echo in one run, their pieces interleaved (the
 #: deadline then covers both servers).
-PAIRED: dict[str, Callable[..., Awaitable[list[Result]]]] = {"B1": b1_round_trips_paired}
+PAIRED: dict[str, Callable[..., Awaitable[list[Result]]]] = {
+    "B1": b1_round_trips_paired,
+    "B2": b2_connects_paired,
+}
 
 
 async def run_scenario(scenario: str, target: Target, **options: Any) -> Result:
