@@ -161,14 +161,15 @@ def known_action_decoder(
 ) -> msgspec.json.Decoder[Any] | None:
     """One decoder for a frame that names one of ``actions`` or a control action: the request
     in one pass, instead of the envelope and then the action's type (two decodes of the frame,
-    ~1,800 instructions more per frame).
+    ~2,000 instructions more per frame).
 
     Each action's type gets a subclass tagged with its action (msgspec's tagged union on
     ``action``): the request a handler gets is an instance of the action's type, as from
     the action's own decoder. Whatever this decoder refuses (a frame without ``action``, an
     unknown or repeated one, a type error, not JSON) goes the long way, which names the error
     (:class:`app.domain.dispatcher.FrameDispatcher`); so does every frame of a feature whose
-    types cannot be tagged (a field called ``action``, a tag of their own): None then.
+    types cannot be tagged (a field called ``action``, a tag of their own, unknown fields
+    forbidden): None then.
     """
     tagged: list[type[msgspec.Struct]] = [PingFrame, AuthFrame]
     for action, request_type in actions.items():
