@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from litestar import WebSocket
 
-from app.api.chat_socket import _admission_request
+from app.api.chat_socket import _QUERY_KEYS, _admission_request, _query
 from app.domain import frames
 from app.domain.admission import (
     MAX_FLOW_ID_LENGTH,
@@ -515,3 +515,43 @@ def test_a_signed_payload_with_a_repeated_key_is_refused() -> None:
     with pytest.raises(InvalidToken, match="repeats a key"):
         asyncio.run(verifier.verify(token))
     assert msgspec.json.decode(base64.urlsafe_b64decode(payload + b"=="))["role"] == "admin"
+
+
+# Pieces of a query string: the keys admission reads, separators, escapes good and bad.
+_QUERY_PIECES = st.sampled_from(
+    [
+        "t",
+        "chat_id",
+        "version_id",
+        "x",
+        "=",
+        "&",
+        "%",
+        "+",
+        "%74",
+        "%3D",
+        "%26",
+        "%zz",
+        "é",
+        " ",
+        "1",
+    ]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_QUERY_PIECES, max_size=16).map("".join))
+@example("t=a&t=b&chat_id=c")
+@example("%74=x&t=y")  # an encoded key is the key
+@example("chat_id=a+b&t=%2B")
+@example("&&t&chat_id=")  # empty pairs skipped; a bare key is a blank value
+def test_the_query_is_read_as_parse_qsl_reads_it(query: str) -> None:
+    """The admission's own reading of the query (plain pairs without ``parse_qsl``) gives
+    what ``parse_qsl`` gives for the whole string: the first value of each key it reads."""
+    from urllib.parse import parse_qsl
+
+    expected: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, separator="&"):
+        if key in _QUERY_KEYS:
+            expected.setdefault(key, value)
+    assert _query(query.encode("latin-1")) == expected
