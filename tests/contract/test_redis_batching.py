@@ -35,11 +35,11 @@ class RoundTrips:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
         execute, command = Pipeline.execute, Redis.execute_command
-        raw_execute = RawPipeline.execute
+        raw_write = RawPipeline._write
 
-        async def counted_raw(pipe: RawPipeline, *args: Any) -> Any:
+        def counted_raw(pipe: RawPipeline, *args: Any) -> Any:  # each batch it writes
             self.count += 1
-            return await raw_execute(pipe, *args)
+            return raw_write(pipe, *args)
 
         async def counted_execute(pipe: Pipeline, *args: object, **kwargs: object) -> object:
             self.count += 1
@@ -50,7 +50,7 @@ class RoundTrips:
             return await command(client, *args, **kwargs)
 
         monkeypatch.setattr(Pipeline, "execute", counted_execute)
-        monkeypatch.setattr(RawPipeline, "execute", counted_raw)
+        monkeypatch.setattr(RawPipeline, "_write", counted_raw)
         monkeypatch.setattr(Redis, "execute_command", counted_command)
 
 

@@ -6,13 +6,15 @@ never lets a later batch read its replies."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import hiredis
 import pytest
-from redis.exceptions import DataError, ResponseError
+from redis.exceptions import DataError, InvalidResponse, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.infra.redis.client import make_redis
-from app.infra.redis.raw_pipeline import RawPipeline, pack
+from app.infra.redis.raw_pipeline import _NOT_ENOUGH_DATA, RawPipeline, _Batch, _Replies, pack
 
 CALL_TIMEOUT = 10.0
 
@@ -101,19 +103,28 @@ async def test_a_connection_the_server_closed_is_replaced(
             (second,) = await raw.execute([("CLIENT", "ID")])
             assert second != first
             # Killed while idle and not noticed before the batch is sent (the close had not
-            # reached this side yet): the batch is sent again, on a new connection.
+            # reached this side yet: reading paused until the batch is written): the batch is
+            # sent again, on a new connection.
+            held = raw._replies
+            assert held is not None
+            held.transport.pause_reading()
             assert await killer.client_kill_filter(_id=second) == 1
             await asyncio.sleep(0.05)
-            held = raw._connection
-            assert held is not None and held._reader is not None
-            monkeypatch.setattr(held._reader, "at_eof", lambda: False)
-            monkeypatch.setattr(held._writer.transport, "is_closing", lambda: False)
-            trips = []
-            round_trip = raw._round_trip
-            monkeypatch.setattr(raw, "_round_trip", lambda *a: trips.append(a) or round_trip(*a))
+            assert not held.closed
+            writes = []
+            write = raw._write
+
+            def write_then_read(replies: Any, batch: Any) -> None:
+                writes.append(replies)
+                write(replies, batch)
+                if replies is held:
+                    held.transport.resume_reading()
+
+            monkeypatch.setattr(raw, "_write", write_then_read)
             (third,) = await raw.execute([("CLIENT", "ID")])
             assert third not in (first, second)
-            assert len(trips) == 2  # the lost one, then the one on the new connection
+            assert len(writes) == 2 and writes[0] is held  # the lost one, then the new one
+            assert writes[1] is not held
     finally:
         await raw.aclose()
         await client.aclose()
@@ -147,3 +158,55 @@ async def test_a_batch_cut_short_leaves_no_reply_for_the_next(
         await raw.aclose()
         await client.aclose()
         await pusher.aclose()
+
+
+async def test_an_idle_pooled_connection_the_server_closed_is_made_again(redis_url: str) -> None:
+    """The pool hands out an idle connection as it is: one the server closed while it sat in
+    the pool is connected again before a batch goes out on it (else the batch would wait for
+    replies that never come, until the timeout)."""
+    client, killer = make_redis(redis_url), make_redis(redis_url)
+    pool = client.connection_pool
+    raw = RawPipeline(client, timeout=2.0)
+    try:
+        async with asyncio.timeout(CALL_TIMEOUT):
+            idle = await pool.get_connection()  # type: ignore[no-untyped-call]
+            await idle.send_command("CLIENT", "ID")
+            idle_id = await idle.read_response()
+            await pool.release(idle)
+            assert await killer.client_kill_filter(_id=idle_id) == 1
+            await asyncio.sleep(0.05)  # the close reaches the idle connection
+            (got,) = await raw.execute([("CLIENT", "ID")])
+        assert raw._connection is idle  # the pool gave it, and it was made again
+        assert got != idle_id
+    finally:
+        await raw.aclose()
+        await client.aclose()
+        await killer.aclose()
+
+
+async def test_replies_that_arrive_in_pieces_are_read_whole_and_in_order() -> None:
+    """A reply cut across reads waits for its rest; a RESP3 ``false`` is a reply, not "not
+    enough data"; each batch gets its own replies, an error reply fails only its batch."""
+
+    class Transport:
+        def is_closing(self) -> bool:
+            return False
+
+        def abort(self) -> None:
+            raise AssertionError("nothing here is out of step")
+
+    loop = asyncio.get_running_loop()
+    reader = hiredis.Reader(
+        protocolError=InvalidResponse, replyError=ResponseError, notEnoughData=_NOT_ENOUGH_DATA
+    )
+    replies = _Replies(Transport(), reader, stream_protocol=None)  # type: ignore[arg-type]
+    first = _Batch(loop.create_future(), b"", 3)
+    second = _Batch(loop.create_future(), b"", 2)
+    replies.waiting.extend([first, second])
+    data = b"+OK\r\n$5\r\nhello\r\n#f\r\n-ERR nope\r\n:42\r\n"
+    for i in range(len(data)):
+        replies.data_received(data[i : i + 1])
+    assert first.future.result() == [b"OK", b"hello", False]
+    with pytest.raises(ResponseError, match="nope"):
+        second.future.result()
+    assert not replies.waiting

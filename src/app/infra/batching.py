@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -59,8 +60,9 @@ class Batcher(Generic[Item, Result]):
         self._timer: asyncio.TimerHandle | None = None
         self._in_flight = 0
         self._scheduled = False
-        # asyncio keeps only weak references to tasks: these are the batches under way.
-        self._tasks: set[asyncio.Task[None]] = set()
+        # The batches under way: their tasks (asyncio keeps only weak references to tasks), or
+        # the futures of a run that answers with one.
+        self._under_way: set[asyncio.Future[Any]] = set()
 
     async def submit(self, item: Item, *, linger: float = 0.0) -> Result:
         return await self.enqueue(item, linger=linger)
@@ -106,39 +108,86 @@ class Batcher(Generic[Item, Result]):
                 self._timer.cancel()
                 self._timer = None
         self._in_flight += 1
-        task = loop.create_task(self._complete(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        try:
+            started = self._run([item for item, _, _ in batch])
+        except Exception as error:  # a run that starts at once refused the batch
+            failed: asyncio.Future[Sequence[Result]] = loop.create_future()
+            failed.set_exception(error)
+            started = failed
+        if isinstance(started, asyncio.Future):
+            # A run that answers with a future has its work under way already: no task per
+            # batch (on the path of every connect, a task and its steps were a third of a
+            # Redis round trip's CPU).
+            self._under_way.add(started)
+            started.add_done_callback(partial(self._answered, batch))
+        else:
+            task = loop.create_task(self._complete(batch, started))
+            self._under_way.add(task)
+            task.add_done_callback(self._under_way.discard)
         self._schedule(loop)  # more than one batch waited
 
-    async def _complete(self, batch: list[tuple[Item, asyncio.Future[Result], bool]]) -> None:
+    async def _complete(
+        self,
+        batch: list[tuple[Item, asyncio.Future[Result], bool]],
+        run: Awaitable[Sequence[Result]],
+    ) -> None:
         try:
-            results = await self._run([item for item, _, _ in batch])
+            results = await run
         except asyncio.CancelledError:  # shutting down: nobody gets an answer
-            for _, future, _ in batch:
-                future.cancel()
+            _cancel(batch)
             raise
         except Exception as error:
-            for _, future, _ in batch:
-                if not future.done():
-                    future.set_exception(error)
+            _fail(batch, error)
         else:
-            for (_, future, _), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+            _answer(batch, results)
         finally:
             self._in_flight -= 1
             self._schedule(asyncio.get_running_loop())
+
+    def _answered(
+        self,
+        batch: list[tuple[Item, asyncio.Future[Result], bool]],
+        run: asyncio.Future[Sequence[Result]],
+    ) -> None:
+        self._under_way.discard(run)
+        if run.cancelled():
+            _cancel(batch)
+        elif (error := run.exception()) is not None:
+            _fail(batch, error)
+        else:
+            _answer(batch, run.result())
+        self._in_flight -= 1
+        self._schedule(asyncio.get_running_loop())
 
     async def aclose(self) -> None:
         """Send what lingers now and wait for every batch under way (their callers are owed
         an answer)."""
         loop = asyncio.get_running_loop()
-        while self._tasks or self._pending:
+        while self._under_way or self._pending:
             if self._pending:
                 self._due = True
                 self._schedule(loop)
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._under_way:
+                await asyncio.gather(*self._under_way, return_exceptions=True)
+                await asyncio.sleep(0)  # a future's own callback (its answer) runs first
             else:
                 await asyncio.sleep(0)  # the flush scheduled above runs
+
+
+def _answer(
+    batch: Sequence[tuple[object, asyncio.Future[Any], bool]], results: Sequence[Any]
+) -> None:
+    for (_, future, _), result in zip(batch, results, strict=True):
+        if not future.done():
+            future.set_result(result)
+
+
+def _fail(batch: Sequence[tuple[object, asyncio.Future[Any], bool]], error: BaseException) -> None:
+    for _, future, _ in batch:
+        if not future.done():
+            future.set_exception(error)
+
+
+def _cancel(batch: Sequence[tuple[object, asyncio.Future[Any], bool]]) -> None:
+    for _, future, _ in batch:
+        future.cancel()

@@ -24,4 +24,14 @@ def redis_errors_as_unavailable() -> Iterator[None]:
     try:
         yield
     except UNAVAILABLE as exc:
-        raise StoreUnavailable(f"redis unavailable: {type(exc).__name__}") from exc
+        raise as_unavailable(exc) from exc
+
+
+def as_unavailable(error: Exception) -> Exception:
+    """A Redis error that means the server is away, as :class:`StoreUnavailable`; any other
+    error as it is."""
+    if not isinstance(error, UNAVAILABLE):
+        return error
+    unavailable = StoreUnavailable(f"redis unavailable: {type(error).__name__}")
+    unavailable.__cause__ = error
+    return unavailable

@@ -4,8 +4,9 @@ count's acquire and the chat owner's lookup of one admission go in one round tri
 those of every socket connecting meanwhile.
 
 On a single server a batch is one write on a connection of its own
-(:class:`~app.infra.redis.raw_pipeline.RawPipeline`); on a cluster, redis-py's cluster pipeline,
-which sends each command to its node.
+(:class:`~app.infra.redis.raw_pipeline.RawPipeline`), answered through a future with no task or
+coroutine per batch; on a cluster, redis-py's cluster pipeline, which sends each command to its
+node.
 
 A command that fails in Redis (a script error) fails every command of its batch, as a
 pipeline run with ``raise_on_error`` does; a lost connection fails them with
@@ -22,7 +23,7 @@ from redis.asyncio import Redis
 
 from app.infra.batching import Batcher
 from app.infra.redis.client import AnyRedis
-from app.infra.redis.errors import redis_errors_as_unavailable
+from app.infra.redis.errors import as_unavailable, redis_errors_as_unavailable
 from app.infra.redis.raw_pipeline import RawPipeline
 
 Command = tuple[Any, ...]
@@ -31,9 +32,11 @@ Command = tuple[Any, ...]
 class PipelineBatch:
     def __init__(self, redis: AnyRedis) -> None:
         self._redis = redis
-        self._raw = RawPipeline(redis) if isinstance(redis, Redis) else None
+        self._raw = RawPipeline(redis, errors=as_unavailable) if isinstance(redis, Redis) else None
         # One batch at a time: the raw pipeline has one connection.
-        self._batcher: Batcher[Command, Any] = Batcher(self._run, max_in_flight=1)
+        self._batcher: Batcher[Command, Any] = Batcher(
+            self._run if self._raw is None else self._raw.start, max_in_flight=1
+        )
 
     def send(self, *command: Any, linger: float = 0.0) -> asyncio.Future[Any]:
         """The command's reply, once its batch is answered. In the batch as it returns, so
@@ -42,9 +45,8 @@ class PipelineBatch:
         return self._batcher.enqueue(command, linger=linger)
 
     async def _run(self, commands: Sequence[Command]) -> list[Any]:
+        """A cluster's batch."""
         with redis_errors_as_unavailable():
-            if self._raw is not None:
-                return await self._raw.execute(commands)
             async with self._redis.pipeline(transaction=False) as pipe:
                 for command in commands:
                     pipe.execute_command(*command)
