@@ -16,18 +16,19 @@ parses what arrives and answers each batch's future, with no coroutine of its ow
 
 What is kept from redis-py: the connection itself (it connects, authenticates, selects the
 database, speaks the URL's protocol), its reply parsing (a hiredis reader made as its parser
-makes one, so that error replies are redis-py's exceptions), its errors. The connection is checked out of the client's pool once and
-held, as a SQL lane holds its connection (``app.infra.sql.lanes``); one is enough, since a
-batcher keeps one batch in flight. Replies are matched to batches in the order the batches were
-written. A connection found closed before a batch is made again; a batch sent on a connection
-that had served before and is lost before its replies is sent once more on a new one, as
-redis-py's one retry did. Sent twice, the commands sent through here leave what once would:
-``ZREM``, ``GETEX`` and ``SET`` are idempotent, and the count's script adds the same member
-again. Only its answer may differ: if the first had run, the second counts its own entry, which
-at the limit refuses the connect (the entry lapses within the slot TTL, as it did under
-redis-py's retry). A batch that times out or is cancelled before its last reply drops the
-connection (failing the batches behind it), so that a server that is stuck is not waited on
-again and no reply is ever read as another command's.
+makes one, so that error replies are redis-py's exceptions), its errors. The connection is
+checked out of the client's pool once and held, as a SQL lane holds its connection
+(``app.infra.sql.lanes``); one is enough, since a batcher keeps one batch in flight. Replies
+are matched to batches in the order the batches were written. A connection found closed before
+a batch is made again; a batch sent on a connection that had served before and is lost before
+its replies is sent once more on a new one, as redis-py's one retry did. Sent twice, the
+commands sent through here leave what once would: ``ZREM``, ``GETEX`` and ``SET`` are
+idempotent, and the count's script adds the same member again. Only its answer may differ: if
+the first had run, the second counts its own entry, which at the limit refuses the connect (the
+entry lapses within the slot TTL, as it did under redis-py's retry). A batch that times out or
+is cancelled before its last reply drops the connection (failing the batches behind it), so
+that a server that is stuck is not waited on again and no reply is ever read as another
+command's.
 """
 
 from __future__ import annotations
