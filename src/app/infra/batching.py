@@ -35,8 +35,11 @@ class Batcher(Generic[Item, Result]):
     """``await batcher.submit(item)`` runs ``run([..., item, ...])`` and returns item's result.
 
     ``run`` answers a list of results in the order of its items, or raises: then every call of
-    that batch raises the same error. A caller that is cancelled leaves its item in the batch
-    (the store still does it; nobody waits for the answer).
+    that batch raises the same error. It is a coroutine function (each batch runs as a task of
+    its own), or a function that starts the batch and returns an :class:`asyncio.Future` of its
+    results (the batch is then answered from the future's callback, with no task). A caller
+    that is cancelled leaves its item in the batch (the store still does it; nobody waits for
+    the answer).
 
     ``submit(item, linger=s)`` is for calls nobody is held up by (a closed socket's release):
     the item rides along with the next batch that goes anyway, or goes after ``s`` seconds at
@@ -116,8 +119,9 @@ class Batcher(Generic[Item, Result]):
             started = failed
         if isinstance(started, asyncio.Future):
             # A run that answers with a future has its work under way already: no task per
-            # batch (on the path of every connect, a task and its steps were a third of a
-            # Redis round trip's CPU).
+            # batch. For the Redis batches on every connect's path, the task and its coroutine
+            # layers were ~40 % of a round trip's instructions (bench/README.md, fifteenth
+            # session).
             self._under_way.add(started)
             started.add_done_callback(partial(self._answered, batch))
         else:
